@@ -1,0 +1,116 @@
+"""The embedded default: SFT -> reward model -> PPO -> eval on the testbed world, on a laptop CPU.
+
+    python -m safecomp.train --config configs/demo.py --workdir /tmp/safecomp_demo
+
+`get_config("arm=refusal")` gives the refusal-training baseline arm (refusal-style SFT data and the
+refusal reward on the prompt's intent label); the default arm is safe-completion (r = h x s).
+"""
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  options = dict(kv.split("=", 1) for kv in arg.split(",")) if arg else {}
+  arm = options.get("arm", "safe_completion")
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.stages = ("sft", "rm", "ppo", "eval")
+  c.arm = arm
+
+  # The world, its spec and data sizes.
+  c.testbed = ml_collections.ConfigDict()
+  c.testbed.world_seed = 0
+  c.testbed.n_sft = 3000
+  c.testbed.n_sft_eval = 200
+  c.testbed.n_rm = 4000
+  c.testbed.n_rm_eval = 500
+  c.testbed.n_rl_prompts = 2000
+  c.testbed.teacher_error_rate = 0.15
+  c.testbed.judge_miss_rate = 0.3
+  c.spec = "safe_completion_fine"
+  c.sft_style = "refusal" if arm == "refusal" else "safe_completion"
+  c.reasoning = True
+
+  # The policy model (a small Llama-style decoder over the testbed's word-level vocabulary).
+  c.model = ml_collections.ConfigDict()
+  c.model.init_from = ""  # a Hugging Face-style checkpoint directory, or "" for a fresh model
+  c.model.family = "llama"
+  c.model.hidden_size = 128
+  c.model.num_layers = 2
+  c.model.num_heads = 4
+  c.model.num_kv_heads = 2
+  c.model.head_dim = 32
+  c.model.intermediate_size = 384
+  c.model.max_position_embeddings = 256
+  c.model.dtype = "float32"
+  c.model.remat = "none"
+  c.max_prompt_len = 64
+  c.max_seq_len = 160
+
+  c.sft = ml_collections.ConfigDict()
+  c.sft.steps = 600
+  c.sft.batch_size = 32
+  c.sft.learning_rate = 3e-3
+  c.sft.warmup_steps = 30
+  c.sft.weight_decay = 0.01
+  c.sft.grad_clip = 1.0
+  c.sft.eval_every = 200
+  c.sft.checkpoint_every = 200
+  c.sft.log_every = 20
+
+  c.rm = ml_collections.ConfigDict()
+  c.rm.steps = 400
+  c.rm.batch_size = 32
+  c.rm.learning_rate = 1e-3
+  c.rm.warmup_steps = 20
+  c.rm.weight_decay = 0.01
+  c.rm.grad_clip = 1.0
+  c.rm.helpfulness_loss = "bce"
+  c.rm.severity_weight = 1.0
+  c.rm.helpfulness_weight = 1.0
+  c.rm.checkpoint_every = 200
+  c.rm.log_every = 20
+
+  c.reward = ml_collections.ConfigDict()
+  c.reward.kind = "refusal" if arm == "refusal" else "product"
+  c.reward.grader = "rm"  # rm | oracle (gold, host-side) | judge
+  c.reward.severity_to_safety = (1.0, 0.6, 0.3, 0.0)
+
+  c.ppo = ml_collections.ConfigDict()
+  c.ppo.algorithm = "ppo"
+  c.ppo.iterations = 60
+  c.ppo.prompts_per_iteration = 64
+  c.ppo.group_size = 1
+  c.ppo.max_new_tokens = 64
+  c.ppo.temperature = 1.0
+  c.ppo.learning_rate = 3e-4
+  c.ppo.epochs = 2
+  c.ppo.num_minibatches = 2
+  c.ppo.clip_eps = 0.2
+  c.ppo.vf_coef = 0.5
+  c.ppo.vf_clip = 0.2
+  c.ppo.ent_coef = 0.0
+  c.ppo.gamma = 1.0
+  c.ppo.lam = 0.95
+  c.ppo.kl_coef = 0.05
+  c.ppo.kl_estimator = "k1"
+  c.ppo.adaptive_kl_target = 0.0  # > 0 turns the adaptive controller on
+  c.ppo.adaptive_kl_horizon = 10000
+  c.ppo.whiten_advantages = True
+  c.ppo.eos_penalty = -1.0
+  c.ppo.grad_clip = 1.0
+  c.ppo.checkpoint_every = 20
+  c.ppo.log_every = 1
+  c.ppo.gold_every = 5
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.splits = ("test", "heldout", "multiturn")
+  c.eval.n_per_split = 300
+  c.eval.max_new_tokens = 64
+  c.eval.greedy = True
+  c.eval.batch_size = 100
+  c.eval.bootstrap = 1000
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.max_to_keep = 2
+  c.max_consecutive_nonfinite = 5
+  return c

@@ -1,0 +1,99 @@
+"""Experiment configs: `ml_collections` files with `--config.key=value` overrides.
+
+A config file defines `get_config(arg=None) -> ConfigDict`; the file *is* the experiment. Overrides use
+the same machinery as `python -m safecomp.train` (absl `config_flags`), so a key that does not exist is
+an error naming the closest valid key, and a value of the wrong type is an error naming the key.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import pathlib
+from typing import Any, Iterable, Sequence
+
+from absl import flags
+import ml_collections
+from ml_collections import config_flags
+
+from safecomp.errors import ConfigError
+
+
+def _all_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  keys = []
+  for key, value in config.items():
+    full = f"{prefix}{key}"
+    keys.append(full)
+    if isinstance(value, ml_collections.ConfigDict):
+      keys.extend(_all_keys(value, full + "."))
+  return keys
+
+
+def closest_key(config: ml_collections.ConfigDict, key: str) -> str | None:
+  matches = difflib.get_close_matches(key, _all_keys(config), n=1, cutoff=0.5)
+  return matches[0] if matches else None
+
+
+def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Loads `path` (optionally `path:arg`) and applies `key=value` overrides (no leading `--config.`)."""
+  path = str(path)
+  file_part = path.split(":", 1)[0]
+  if not pathlib.Path(file_part).is_file():
+    raise ConfigError(f"config file not found: {file_part}")
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", default=None, flag_values=flag_values, lock_config=True)
+  argv = ["safecomp", f"--config={path}"]
+  for item in overrides:
+    item = item[len("--config."):] if item.startswith("--config.") else item
+    if "=" not in item:
+      raise ConfigError(f"override {item!r} must look like key=value")
+    argv.append(f"--config.{item}")
+  try:
+    flag_values(argv)
+  except flags.Error as e:
+    raise _explain(e, path) from None
+  except (AttributeError, KeyError) as e:
+    raise _explain(e, path) from None
+  return flag_values["config"].value
+
+
+def _explain(error: Exception, path: str) -> ConfigError:
+  """Turns an absl/ml_collections parsing error into one line naming the key."""
+  text = str(error).replace("\\n", " ").replace("\n", " ").strip("'\" ")
+  return ConfigError(f"{path}: {text}")
+
+
+def check_keys(config: ml_collections.ConfigDict, allowed: ml_collections.ConfigDict, prefix: str = ""):
+  """Raises if `config` has a key `allowed` lacks (for configs assembled in Python, not via flags)."""
+  for key, value in config.items():
+    full = f"{prefix}{key}"
+    if key not in allowed:
+      hint = closest_key(allowed, full)
+      raise ConfigError(f"unknown config key {full!r}" + (f"; did you mean {hint!r}?" if hint else ""))
+    if isinstance(value, ml_collections.ConfigDict) and isinstance(allowed[key], ml_collections.ConfigDict):
+      check_keys(value, allowed[key], full + ".")
+
+
+def require(condition: bool, key: str, message: str):
+  if not condition:
+    raise ConfigError(f"config key {key!r}: {message}")
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=_json_default)
+
+
+def _json_default(value: Any):
+  if isinstance(value, (tuple, set, frozenset)):
+    return list(value)
+  return repr(value)
+
+
+def fingerprint_keys(config: ml_collections.ConfigDict, keys: Iterable[str]) -> dict:
+  """The sub-config that decides the shapes of a checkpoint: stored with it and checked on restore."""
+  out = {}
+  for key in keys:
+    node = config
+    for part in key.split("."):
+      node = node[part]
+    out[key] = node.to_dict() if isinstance(node, ml_collections.ConfigDict) else node
+  return json.loads(json.dumps(out, default=_json_default))

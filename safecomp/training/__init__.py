@@ -1,0 +1,1 @@
+"""Training stages (SFT, reward model, PPO, eval) and the machinery they share."""

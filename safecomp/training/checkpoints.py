@@ -1,0 +1,117 @@
+"""Stage checkpoints on orbax: atomic, pickle-free, fingerprinted, and robust to torn directories."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from safecomp.errors import CheckpointError
+
+DONE_FILE = "DONE.json"
+
+
+class StageCheckpointer:
+  """Saves and restores one stage's state under `directory/<step>/`.
+
+  `fingerprint` (the config keys that decide array shapes) is stored with every step and compared on
+  restore, so a checkpoint from another config is a clear error rather than a shape crash.
+  """
+
+  def __init__(self, directory: str | os.PathLike, fingerprint: dict | None = None, max_to_keep: int = 2):
+    self.directory = pathlib.Path(directory).absolute()
+    self.fingerprint = fingerprint or {}
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False,
+        cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+  # -- queries -------------------------------------------------------------------------------------
+  def steps(self) -> list[int]:
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    steps = self.steps()
+    return steps[-1] if steps else None
+
+  def is_done(self) -> bool:
+    done = self.directory / DONE_FILE
+    if not done.is_file():
+      return False
+    try:
+      step = json.loads(done.read_text())["step"]
+    except (ValueError, KeyError):
+      return False
+    return step in self.steps()
+
+  def done_meta(self) -> dict:
+    return json.loads((self.directory / DONE_FILE).read_text())
+
+  # -- writing -------------------------------------------------------------------------------------
+  def save(self, step: int, state: Any, meta: dict | None = None):
+    meta = dict(meta or {}, step=int(step), fingerprint=self.fingerprint)
+    self._manager.save(int(step), args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    self._manager.wait_until_finished()
+
+  def mark_done(self, step: int, summary: dict | None = None):
+    """Writes DONE.json atomically: the stage is complete at `step` and can be skipped on rerun."""
+    tmp = self.directory / (DONE_FILE + ".tmp")
+    tmp.write_text(json.dumps(dict(summary or {}, step=int(step)), indent=2, sort_keys=True))
+    os.replace(tmp, self.directory / DONE_FILE)
+
+  # -- reading -------------------------------------------------------------------------------------
+  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+    """Restores `step` (default: the newest that reads back whole); returns (state, meta).
+
+    A step directory that fails to read (a run killed mid-write, a truncated file) is logged and skipped
+    in favour of the previous complete one.
+    """
+    candidates = [step] if step is not None else list(reversed(self.steps()))
+    if not candidates:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    errors = []
+    for candidate in candidates:
+      try:
+        meta = self._manager.restore(candidate, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(f"step {candidate}: {type(e).__name__}: {e}")
+        logging.warning("checkpoint %s/%s unreadable, trying an older one: %s", self.directory, candidate, e)
+        continue
+      self._check_fingerprint(meta, candidate)
+      try:
+        restored = self._manager.restore(candidate, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state)))
+      except (ValueError, KeyError, TypeError) as e:
+        if "shape" in str(e).lower() or "structure" in str(e).lower():
+          raise CheckpointError(
+              f"{self.directory}/{candidate}: checkpoint does not match the model: {e}") from None
+        errors.append(f"step {candidate}: {type(e).__name__}: {e}")
+        continue
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(f"step {candidate}: {type(e).__name__}: {e}")
+        logging.warning("checkpoint %s/%s unreadable, trying an older one: %s", self.directory, candidate, e)
+        continue
+      return restored["state"], meta
+    raise CheckpointError(f"no readable checkpoint in {self.directory}: " + "; ".join(errors))
+
+  def _check_fingerprint(self, meta: dict, step: int):
+    stored = meta.get("fingerprint", {})
+    for key, value in self.fingerprint.items():
+      if key in stored and stored[key] != value:
+        raise CheckpointError(
+            f"{self.directory}/{step} was written with a different config: {key}={stored[key]!r}, "
+            f"this run has {key}={value!r}. Use another --workdir or restore the old config.")
+
+  def close(self):
+    self._manager.close()
+
+
+def abstract_like(tree: Any) -> Any:
+  """Shape/dtype (and sharding) skeleton of a pytree, for restoring without a template copy."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

@@ -1,0 +1,64 @@
+"""Metrics to JSONL and TensorBoard in the workdir, and progress bars with ETA."""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+from typing import Any, Mapping
+
+import numpy as np
+import tqdm
+
+
+def _scalar(value: Any) -> float | None:
+  try:
+    array = np.asarray(value)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if array.size != 1 or not np.issubdtype(array.dtype, np.number):
+    return None
+  return float(array.reshape(()))
+
+
+class MetricWriter:
+  """Appends `{"step": s, **scalars}` rows to `<workdir>/metrics/<stage>.jsonl` and to TensorBoard."""
+
+  def __init__(self, workdir: str | pathlib.Path, stage: str, tensorboard: bool = True):
+    self.path = pathlib.Path(workdir) / "metrics" / f"{stage}.jsonl"
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self._tb = None
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard" / stage))
+
+  def write(self, step: int, metrics: Mapping[str, Any]):
+    row = {"step": int(step)}
+    for key, value in metrics.items():
+      scalar = _scalar(value)
+      if scalar is None:
+        continue
+      row[key] = scalar if math.isfinite(scalar) else str(scalar)
+      if self._tb is not None and math.isfinite(scalar):
+        self._tb.add_scalar(key, scalar, int(step))
+    with self.path.open("a", encoding="utf-8") as f:
+      f.write(json.dumps(row) + "\n")
+    return row
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(path: str | pathlib.Path) -> list[dict]:
+  path = pathlib.Path(path)
+  if not path.is_file():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def progress(total: int, desc: str, initial: int = 0, **kwargs) -> tqdm.tqdm:
+  """A progress bar with rate and ETA; plain lines (not redraws) when stderr is not a terminal."""
+  interactive = sys.stderr.isatty()
+  return tqdm.tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=True,
+                   mininterval=0.5 if interactive else 10.0, file=sys.stderr, **kwargs)
