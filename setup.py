@@ -30,6 +30,7 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "tensorboardX>=2.6",
+        "protobuf>=4.25",
     ],
     extras_require={
         # torch must be installed first as `torch==2.13.0` (CPU build); see README.
