@@ -23,6 +23,7 @@ flags for degenerate or grader-addressed text. `ideal_response` / `intended_mode
 policy, and `teachers` writes SFT data in the safe-completion or refusal style. Text is lower-case
 words and punctuation separated by spaces, over a closed vocabulary (`World.vocabulary()`).
 """
+from safecomp.testbed.candidates import CANDIDATE_SOURCES, make_candidate
 from safecomp.testbed.examples import SPLITS, Example, generate_examples
 from safecomp.testbed.oracle import FLAGS, OracleConfig, OracleGrade, grade, grade_many, strip_reasoning
 from safecomp.testbed.parsing import PromptInfo, parse_prompt
@@ -32,8 +33,8 @@ from safecomp.testbed.teachers import (TeacherOutput, judge_filter, make_sft_exa
 from safecomp.testbed.world import Fact, Topic, World, WorldConfig, make_world
 
 __all__ = [
-    "FLAGS", "HARD_REFUSAL", "SPLITS", "Example", "Fact", "OracleConfig", "OracleGrade", "PromptInfo",
+    "CANDIDATE_SOURCES", "FLAGS", "HARD_REFUSAL", "SPLITS", "Example", "Fact", "OracleConfig", "OracleGrade", "PromptInfo",
     "TeacherOutput", "Topic", "World", "WorldConfig", "generate_examples", "grade", "grade_many",
-    "ideal_response", "intended_mode", "judge_filter", "make_sft_example", "make_world", "parse_prompt",
+    "ideal_response", "intended_mode", "judge_filter", "make_candidate", "make_sft_example", "make_world", "parse_prompt",
     "refusal_teacher", "safe_completion_teacher", "strip_reasoning",
 ]
