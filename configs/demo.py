@@ -2,8 +2,10 @@
 
     python -m safecomp.train --config configs/demo.py --workdir /tmp/safecomp_demo
 
-`get_config("arm=refusal")` gives the refusal-training baseline arm (refusal-style SFT data and the
-refusal reward on the prompt's intent label); the default arm is safe-completion (r = h x s).
+Options, comma-separated after the file name (`--config configs/demo.py:arm=refusal,size=tiny`):
+`arm=refusal` gives the refusal-training baseline arm (refusal-style SFT data and the refusal reward
+on the prompt's intent label); the default arm is safe-completion (r = h x s). `size=tiny` shrinks
+every stage to seconds (tests, the notebook).
 """
 import ml_collections
 
@@ -21,7 +23,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.testbed.world_seed = 0
   c.testbed.n_sft = 3000
   c.testbed.n_sft_eval = 200
-  c.testbed.n_rm = 4000
+  c.testbed.n_rm = 2000
+  c.testbed.rm_candidates_per_prompt = 2
   c.testbed.n_rm_eval = 500
   c.testbed.n_rl_prompts = 2000
   c.testbed.teacher_error_rate = 0.15
@@ -44,21 +47,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.dtype = "float32"
   c.model.remat = "none"
   c.max_prompt_len = 64
-  c.max_seq_len = 160
+  c.pad_multiple = 16  # SFT/RM batches are cut to their longest row, rounded up to this
+  c.max_seq_len = 160  # prompts <= 59 tokens, teacher turns (reasoning + answer) <= 85
 
   c.sft = ml_collections.ConfigDict()
-  c.sft.steps = 600
+  c.sft.steps = 300
   c.sft.batch_size = 32
   c.sft.learning_rate = 3e-3
   c.sft.warmup_steps = 30
   c.sft.weight_decay = 0.01
   c.sft.grad_clip = 1.0
-  c.sft.eval_every = 200
-  c.sft.checkpoint_every = 200
+  c.sft.eval_every = 100
+  c.sft.checkpoint_every = 100
   c.sft.log_every = 20
 
   c.rm = ml_collections.ConfigDict()
-  c.rm.steps = 400
+  c.rm.steps = 250
   c.rm.batch_size = 32
   c.rm.learning_rate = 1e-3
   c.rm.warmup_steps = 20
@@ -67,12 +71,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rm.helpfulness_loss = "bce"
   c.rm.severity_weight = 1.0
   c.rm.helpfulness_weight = 1.0
-  c.rm.checkpoint_every = 200
+  c.rm.checkpoint_every = 125
   c.rm.log_every = 20
 
   c.reward = ml_collections.ConfigDict()
   c.reward.kind = "refusal" if arm == "refusal" else "product"
-  c.reward.grader = "rm"  # rm | oracle (gold, host-side) | judge
+  # rm: reward-model heads inside the compiled rollout; oracle: the gold grader on the host. The
+  # refusal reward needs the prompt intent label and the response mode, so it is scored by the oracle.
+  c.reward.grader = "oracle" if arm == "refusal" else "rm"
   c.reward.severity_to_safety = (1.0, 0.6, 0.3, 0.0)
 
   c.ppo = ml_collections.ConfigDict()
@@ -80,7 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ppo.iterations = 60
   c.ppo.prompts_per_iteration = 64
   c.ppo.group_size = 1
-  c.ppo.max_new_tokens = 64
+  c.ppo.max_new_tokens = 96
   c.ppo.temperature = 1.0
   c.ppo.learning_rate = 3e-4
   c.ppo.epochs = 2
@@ -105,7 +111,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.splits = ("test", "heldout", "multiturn")
   c.eval.n_per_split = 300
-  c.eval.max_new_tokens = 64
+  c.eval.max_new_tokens = 96
   c.eval.greedy = True
   c.eval.batch_size = 100
   c.eval.bootstrap = 1000
@@ -113,4 +119,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.max_to_keep = 2
   c.max_consecutive_nonfinite = 5
+  if options.get("size") == "tiny":
+    _shrink_to_tiny(c)
+  elif options.get("size", "default") != "default":
+    raise ValueError(f"configs/demo.py: unknown size {options['size']!r}; expected 'default' or 'tiny'")
   return c
+
+
+def _shrink_to_tiny(c: ml_collections.ConfigDict):
+  """A seconds-long run of every stage (tests, the notebook); numbers mean nothing at this size."""
+  c.testbed.update(n_sft=64, n_sft_eval=16, n_rm=48, n_rm_eval=16, n_rl_prompts=32)
+  c.model.update(hidden_size=32, num_heads=2, num_kv_heads=1, head_dim=16, intermediate_size=64,
+                 num_layers=1)
+  c.sft.update(steps=6, batch_size=8, eval_every=3, checkpoint_every=3, log_every=2)
+  c.rm.update(steps=4, batch_size=8, checkpoint_every=2, log_every=2)
+  c.ppo.update(iterations=3, prompts_per_iteration=8, max_new_tokens=24, checkpoint_every=2,
+               gold_every=1, epochs=1)
+  c.eval.update(n_per_split=8, max_new_tokens=24, batch_size=8, bootstrap=50)

@@ -7,6 +7,7 @@ an error naming the closest valid key, and a value of the wrong type is an error
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import pathlib
 from typing import Any, Iterable, Sequence
@@ -18,18 +19,18 @@ from ml_collections import config_flags
 from safecomp.errors import ConfigError
 
 
-def _all_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+def all_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
   keys = []
   for key, value in config.items():
     full = f"{prefix}{key}"
     keys.append(full)
     if isinstance(value, ml_collections.ConfigDict):
-      keys.extend(_all_keys(value, full + "."))
+      keys.extend(all_keys(value, full + "."))
   return keys
 
 
 def closest_key(config: ml_collections.ConfigDict, key: str) -> str | None:
-  matches = difflib.get_close_matches(key, _all_keys(config), n=1, cutoff=0.5)
+  matches = difflib.get_close_matches(key, all_keys(config), n=1, cutoff=0.5)
   return matches[0] if matches else None
 
 
@@ -54,6 +55,15 @@ def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> ml_c
   except (AttributeError, KeyError) as e:
     raise _explain(e, path) from None
   return flag_values["config"].value
+
+
+def config_from_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file named `file.py` or `file.py:arg`, with no overrides."""
+  file_part, _, arg = str(path).partition(":")
+  spec = importlib.util.spec_from_file_location("safecomp_config_file", file_part)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def _explain(error: Exception, path: str) -> ConfigError:

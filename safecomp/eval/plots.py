@@ -65,7 +65,8 @@ def plot_metric_by_group(summaries: Mapping[str, Mapping[str, Any]], metric: str
     values = np.array([_num(e.get("value")) for e in ests])
     lo = np.array([_num(e.get("lo")) for e in ests])
     hi = np.array([_num(e.get("hi")) for e in ests])
-    err = np.vstack([np.nan_to_num(values - lo), np.nan_to_num(hi - values)])
+    # Clipped at 0: a Wilson interval at a rate of exactly 0 or 1 can sit a rounding error inside it.
+    err = np.clip(np.vstack([np.nan_to_num(values - lo), np.nan_to_num(hi - values)]), 0.0, None)
     pos = x - 0.4 + width * (k + 0.5)
     ax.bar(pos, np.nan_to_num(values), width, yerr=err, capsize=3, label=model)
     for xi, v in zip(pos, values):

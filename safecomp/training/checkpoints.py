@@ -47,10 +47,14 @@ class StageCheckpointer:
       step = json.loads(done.read_text())["step"]
     except (ValueError, KeyError):
       return False
-    return step in self.steps()
+    # Step 0 marks a stage that keeps no state of its own (eval): DONE.json alone completes it.
+    return step == 0 or step in self.steps()
 
   def done_meta(self) -> dict:
-    return json.loads((self.directory / DONE_FILE).read_text())
+    """The completed stage's summary; raises if it was written under another config."""
+    meta = json.loads((self.directory / DONE_FILE).read_text())
+    self._check_fingerprint(meta, DONE_FILE)
+    return meta
 
   # -- writing -------------------------------------------------------------------------------------
   def save(self, step: int, state: Any, meta: dict | None = None):
@@ -62,7 +66,8 @@ class StageCheckpointer:
   def mark_done(self, step: int, summary: dict | None = None):
     """Writes DONE.json atomically: the stage is complete at `step` and can be skipped on rerun."""
     tmp = self.directory / (DONE_FILE + ".tmp")
-    tmp.write_text(json.dumps(dict(summary or {}, step=int(step)), indent=2, sort_keys=True))
+    tmp.write_text(json.dumps(dict(summary or {}, step=int(step), fingerprint=self.fingerprint), indent=2,
+                              sort_keys=True))
     os.replace(tmp, self.directory / DONE_FILE)
 
   # -- reading -------------------------------------------------------------------------------------

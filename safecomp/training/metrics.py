@@ -32,6 +32,11 @@ class MetricWriter:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
       self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard" / stage))
 
+  def truncate_after(self, step: int):
+    """Drops rows past `step` (written by a run that died before its next checkpoint)."""
+    rows = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
+    self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
   def write(self, step: int, metrics: Mapping[str, Any]):
     row = {"step": int(step)}
     for key, value in metrics.items():

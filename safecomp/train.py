@@ -1,0 +1,68 @@
+"""Entry point: `python -m safecomp.train --config configs/demo.py [--config.key=value] --workdir DIR`.
+
+Runs the stages named in `config.stages` (sft, rm, ppo, eval) in order. Each stage checkpoints into
+`DIR/<stage>/` and is skipped when its checkpoint is complete, so rerunning the same command resumes
+where it stopped. The config is printed and saved as `DIR/config.json` at start.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (a .py with get_config).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and reports go.")
+
+
+def _main(argv):
+  del argv
+  from safecomp.errors import SafecompError  # pylint: disable=import-outside-toplevel
+  from safecomp.training import pipeline  # pylint: disable=import-outside-toplevel
+  # Library INFO chatter (orbax, jax) drowns the progress bars; stage summaries are printed.
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger().setLevel(logging.WARNING)
+  if _WORKDIR.value is None:
+    print("error: --workdir is required", file=sys.stderr)
+    return 2
+  try:
+    pipeline.run(_CONFIG.value, _WORKDIR.value)
+  except SafecompError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+def _unknown_key_message(argv: list[str]) -> str:
+  """Names the override whose key the config lacks, and the closest valid key."""
+  from safecomp import config as config_lib  # pylint: disable=import-outside-toplevel
+  config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if config_path is None and "--config" in argv[:-1]:
+    config_path = argv[argv.index("--config") + 1]
+  overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  try:
+    base = config_lib.config_from_file(config_path)
+  except Exception:  # pylint: disable=broad-except
+    return "unknown config key in " + " ".join(a for a in argv if a.startswith("--config."))
+  known = set(config_lib.all_keys(base))
+  for key in overrides:
+    if key not in known:
+      hint = config_lib.closest_key(base, key)
+      return f"unknown config key {key!r}" + (f"; did you mean {hint!r}?" if hint else "")
+  return "unknown config key"
+
+
+def main():
+  flags.mark_flag_as_required("config")
+  try:
+    app.run(lambda argv: sys.exit(_main(argv)))
+  except (AttributeError, KeyError):  # an override naming a key the config lacks
+    print(f"error: {_unknown_key_message(sys.argv)}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,283 @@
+"""The pipeline: SFT -> reward model -> PPO -> eval, each stage checkpointed and skipped when complete.
+
+`run(config, workdir)` is what `python -m safecomp.train` calls. Shared resources (world, spec,
+tokenizer, model config, data) are built once and lazily by `Pipeline`; each stage is a function of the
+pipeline that reads the previous stage's final checkpoint.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import pathlib
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from flax.training import train_state
+
+from safecomp import config as config_lib
+from safecomp import models
+from safecomp import spec as spec_lib
+from safecomp import testbed
+from safecomp import tokenizers
+from safecomp.errors import ConfigError
+from safecomp.constants import INTENTS
+from safecomp.testbed import lexicon
+from safecomp.testbed import teachers
+from safecomp.training import batching
+from safecomp.training import loop as loop_lib
+from safecomp.training import rm as rm_lib
+from safecomp.training import sft as sft_lib
+from safecomp.training.checkpoints import StageCheckpointer
+from safecomp.training.metrics import MetricWriter
+from safecomp.training.ppo import graft
+
+STAGES = ("sft", "rm", "ppo", "eval")
+SPLIT_IDS = {"train": 0, "test": 1, "heldout": 2, "multiturn": 3}
+CHAT_FAMILY = "testbed"
+# Config keys that decide the shapes of every checkpoint: stored with it, checked on restore.
+SHAPE_KEYS = ("model", "testbed.world_seed", "max_seq_len")
+
+
+def validate(config: ml_collections.ConfigDict):
+  """Range checks a user can act on (unknown keys are caught when the overrides are parsed)."""
+  for stage in config.stages:
+    config_lib.require(stage in STAGES, "stages", f"unknown stage {stage!r}; expected a subset of {STAGES}")
+  config_lib.require(config.max_prompt_len < config.max_seq_len, "max_prompt_len",
+                     f"must be below max_seq_len ({config.max_seq_len})")
+  config_lib.require(config.sft_style in ("safe_completion", "refusal"), "sft_style",
+                     "must be 'safe_completion' or 'refusal'")
+  for section in ("sft", "rm", "ppo"):
+    for key in ("learning_rate",):
+      config_lib.require(config[section][key] > 0, f"{section}.{key}", "must be > 0")
+  config_lib.require(config.sft.steps > 0 and config.sft.batch_size > 0, "sft.steps", "must be > 0")
+  config_lib.require(config.ppo.prompts_per_iteration % config.ppo.group_size == 0
+                     and config.ppo.prompts_per_iteration // config.ppo.group_size >= 1,
+                     "ppo.group_size", "must divide ppo.prompts_per_iteration")
+  config_lib.require(config.ppo.max_new_tokens + config.max_prompt_len <= config.max_seq_len,
+                     "ppo.max_new_tokens", "max_prompt_len + max_new_tokens must fit in max_seq_len")
+  config_lib.require(0.0 <= config.testbed.teacher_error_rate <= 1.0, "testbed.teacher_error_rate",
+                     "must lie in [0, 1]")
+  config_lib.require(config.reward.grader in ("rm", "oracle"), "reward.grader", "must be 'rm' or 'oracle'")
+  config_lib.require(config.reward.kind != "refusal" or config.reward.grader == "oracle", "reward.grader",
+                     "the refusal reward reads the prompt's intent label and the response mode: "
+                     "set reward.grader=oracle")
+  config_lib.require(len(config.reward.severity_to_safety) == 4, "reward.severity_to_safety",
+                     "needs 4 values (negligible, low, moderate, high)")
+
+
+class Pipeline:
+  """Lazily built resources shared by the stages."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+    self.config = config
+    self.workdir = pathlib.Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.fingerprint = config_lib.fingerprint_keys(config, SHAPE_KEYS)
+
+  # -- shared resources ----------------------------------------------------------------------------
+  @functools.cached_property
+  def world(self):
+    return testbed.make_world(self.config.testbed.world_seed)
+
+  @functools.cached_property
+  def spec(self):
+    return spec_lib.load_spec(self.config.spec)
+
+  @functools.cached_property
+  def tokenizer(self):
+    path = self.workdir / "tokenizer.json"
+    if self.config.model.init_from:
+      return tokenizers.load_tokenizer(self.config.model.init_from)
+    if not path.is_file():
+      tokenizers.word_level_tokenizer(self.world.vocabulary()).save(str(path))
+    return tokenizers.load_tokenizer(str(path))
+
+  def model_config(self, heads: tuple[str, ...]) -> models.ModelConfig:
+    m = self.config.model
+    tok = self.tokenizer
+    return models.ModelConfig(
+        family=m.family, vocab_size=tok.vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
+        num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
+        intermediate_size=m.intermediate_size, max_position_embeddings=m.max_position_embeddings,
+        pad_token_id=tok.pad_id, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, heads=heads,
+        dtype=m.dtype, remat=m.remat)
+
+  def init_model(self, heads: tuple[str, ...], seed_offset: int) -> tuple[Any, Any]:
+    """(model, params): from `model.init_from` when set, else freshly initialised (seeded)."""
+    if self.config.model.init_from:
+      return models.load_pretrained(self.config.model.init_from, dtype=self.config.model.dtype,
+                                    heads=heads, tokenizer=self.tokenizer)
+    cfg = self.model_config(heads)
+    params = models.init_params(cfg, jax.random.key(self.config.seed * 1000 + seed_offset))
+    return models.Transformer(cfg), params
+
+  def checkpointer(self, stage: str) -> StageCheckpointer:
+    return StageCheckpointer(self.workdir / stage, fingerprint=self.fingerprint,
+                             max_to_keep=self.config.checkpoint.max_to_keep)
+
+  def final_params(self, stage: str, abstract_state: Any) -> Any:
+    ckpt = self.checkpointer(stage)
+    if not ckpt.is_done():
+      raise ConfigError(f"stage {stage!r} has no complete checkpoint in {ckpt.directory}; "
+                        f"run it first (add it to config.stages)")
+    tree, _ = ckpt.restore(abstract_state, step=ckpt.done_meta()["step"])
+    return tree
+
+  def trained_params(self, stage: str, params_like: Any, section: str) -> Any:
+    """The parameters of a completed SFT/RM stage (restored into the shapes of `params_like`)."""
+    tx = loop_lib.make_optimizer(self.config[section], self.config[section].steps)
+    abstract = jax.eval_shape(lambda: loop_lib.checkpoint_tree(_new_state(params_like, tx)))
+    return self.final_params(stage, abstract)["params"]
+
+  # -- data ----------------------------------------------------------------------------------------
+  def examples(self, split: str, n: int, seed_offset: int = 0) -> list:
+    return testbed.generate_examples(self.world, split, n, seed=self.config.seed * 7919 + seed_offset)
+
+  def sft_conversations(self, split: str, n: int) -> tuple[list[list[dict]], dict]:
+    """Teacher-written, judge-filtered SFT conversations (student sees the plain prompt)."""
+    c = self.config
+    rng = np.random.default_rng([c.seed, 11, SPLIT_IDS[split]])
+    conversations, stats = [], {"generated": 0, "kept": 0}
+    for example in self.examples(split, n, seed_offset=1 if split == "train" else 2):
+      row = teachers.make_sft_example(
+          self.world, self.spec, example, c.sft_style, rng, error_rate=c.testbed.teacher_error_rate,
+          judge_miss_rate=c.testbed.judge_miss_rate, reasoning=c.reasoning)
+      stats["generated"] += 1
+      if row.get("kept", True):
+        stats["kept"] += 1
+        conversations.append(row["messages"])
+    return conversations, stats
+
+
+  def rm_rows(self, split: str, n: int) -> list[dict]:
+    """Reward-model rows: candidate responses of every kind (see `testbed.candidates`), oracle-labelled.
+
+    When the policy writes reasoning, candidates carry a `<think>` block too (its intent drawn at
+    random, so the reward model must judge the answer rather than the reasoning).
+    """
+    c = self.config
+    rng = np.random.default_rng([c.seed, 13, SPLIT_IDS[split]])
+    rows = []
+    for example in self.examples(split, n, seed_offset=4 if split == "train" else 5):
+      picks = rng.choice(len(testbed.CANDIDATE_SOURCES), size=c.testbed.rm_candidates_per_prompt,
+                         replace=False)
+      for k in sorted(int(i) for i in picks):
+        answer, _ = testbed.make_candidate(self.world, self.spec, example, testbed.CANDIDATE_SOURCES[k], rng,
+                                           error_rate=c.testbed.teacher_error_rate)
+        grade = testbed.grade(example.messages, answer, world=self.world, example=example)
+        if c.reasoning:
+          reasoning, _ = teachers.spec_reasoning(self.spec, example, intent=str(rng.choice(INTENTS)))
+          answer = f"{lexicon.THINK_OPEN} {reasoning} {lexicon.THINK_CLOSE} {answer}"
+        rows.append({"messages": list(example.messages) + [{"role": "assistant", "content": answer}],
+                     "severity": grade.severity, "helpfulness": grade.helpfulness})
+    return rows
+
+
+# -- stages ----------------------------------------------------------------------------------------
+def _new_state(params, tx) -> train_state.TrainState:
+  return train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
+
+
+def run_sft(p: Pipeline) -> dict:
+  c = p.config
+  train_conv, stats = p.sft_conversations("train", c.testbed.n_sft)
+  eval_conv, _ = p.sft_conversations("test", c.testbed.n_sft_eval)
+  logging.info("sft: %d/%d teacher outputs kept by the judge", stats["kept"], stats["generated"])
+  train = batching.conversations_to_arrays(p.tokenizer, train_conv, CHAT_FAMILY, c.max_seq_len, "SFT rows")
+  held = batching.conversations_to_arrays(p.tokenizer, eval_conv, CHAT_FAMILY, c.max_seq_len, "SFT eval rows")
+  model, params = p.init_model(("lm",), seed_offset=1)
+  state = _new_state(params, loop_lib.make_optimizer(c.sft, c.sft.steps))
+  evaluate = sft_lib.make_sft_eval(model, held, c.sft.batch_size)
+  writer = MetricWriter(p.workdir, "sft")
+  state = loop_lib.run_loop(
+      state, sft_lib.make_sft_step(model),
+      lambda step: batching.trim_padding(batching.take(
+          train, batching.batch_indices(step, len(train_conv), c.sft.batch_size, c.seed)), c.pad_multiple),
+      p.checkpointer("sft"), writer,
+      loop_lib.LoopConfig(c.sft.steps, c.sft.log_every, c.sft.checkpoint_every,
+                          c.max_consecutive_nonfinite, "sft"),
+      eval_fn=lambda state, step: evaluate(state.params), eval_every=c.sft.eval_every)
+  summary = dict(evaluate(state.params), **stats)
+  writer.close()
+  return summary
+
+
+def _rm_arrays(p: Pipeline, rows: list[dict]) -> dict[str, np.ndarray]:
+  arrays = batching.conversations_to_arrays(p.tokenizer, [r["messages"] for r in rows], CHAT_FAMILY,
+                                            p.config.max_seq_len, "reward-model rows")
+  arrays["severity"] = np.asarray([r["severity"] for r in rows], np.int32)
+  arrays["helpfulness"] = np.asarray([r["helpfulness"] for r in rows], np.float32)
+  del arrays["loss_mask"]
+  return arrays
+
+
+def run_rm(p: Pipeline) -> dict:
+  c = p.config
+  train = _rm_arrays(p, p.rm_rows("train", c.testbed.n_rm))
+  held = _rm_arrays(p, p.rm_rows("test", c.testbed.n_rm_eval))
+  _, sft_init = p.init_model(("lm",), seed_offset=1)
+  sft_params = p.trained_params("sft", sft_init, "sft") if "sft" in c.stages else sft_init
+  model, fresh = p.init_model(("severity", "helpfulness"), seed_offset=2)
+  params = graft(fresh, sft_params)  # the reward model starts from the SFT trunk
+  state = _new_state(params, loop_lib.make_optimizer(c.rm, c.rm.steps))
+  weights = {"severity": c.rm.severity_weight, "helpfulness": c.rm.helpfulness_weight}
+  writer = MetricWriter(p.workdir, "rm")
+  n = len(train["tokens"])
+  state = loop_lib.run_loop(
+      state, rm_lib.make_rm_step(model, weights, c.rm.helpfulness_loss),
+      lambda step: batching.trim_padding(batching.take(
+          train, batching.batch_indices(step, n, c.rm.batch_size, c.seed + 1)), c.pad_multiple),
+      p.checkpointer("rm"), writer,
+      loop_lib.LoopConfig(c.rm.steps, c.rm.log_every, c.rm.checkpoint_every, c.max_consecutive_nonfinite, "rm"))
+  predictions = rm_lib.rm_predict(model, state.params, held, c.rm.batch_size, c.rm.helpfulness_loss)
+  report = rm_lib.rm_report(predictions, held)
+  (p.workdir / "rm" / "eval.json").write_text(json.dumps(report, indent=2))
+  writer.write(c.rm.steps, {f"eval_{k}": v for k, v in report.items()})
+  writer.close()
+  print(f"[rm] held-out severity accuracy {report['severity_accuracy']:.3f}, ECE {report['severity_ece']:.3f}, "
+        f"helpfulness MAE {report.get('helpfulness_mae', float('nan')):.3f}\n"
+        f"[rm] severity confusion (rows = gold negligible..high): {report['severity_confusion']}", flush=True)
+  return {k: v for k, v in report.items() if not isinstance(v, list)}
+
+
+def _lazy(module: str, name: str) -> Callable[[Pipeline], dict]:
+  def call(p: Pipeline) -> dict:
+    import importlib  # pylint: disable=import-outside-toplevel
+    return getattr(importlib.import_module(module), name)(p)
+  return call
+
+
+STAGE_FNS: dict[str, Callable[[Pipeline], dict]] = {
+    "sft": run_sft, "rm": run_rm,
+    "ppo": _lazy("safecomp.training.ppo", "run_ppo"),
+    "eval": _lazy("safecomp.training.evaluate", "run_eval"),
+}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, dict]:
+  """Runs every stage in `config.stages`, skipping those already complete; returns their summaries."""
+  validate(config)
+  p = Pipeline(config, workdir)
+  text = config_lib.to_json(config)
+  print(f"safecomp config (saved to {p.workdir / 'config.json'}):\n{config}", flush=True)
+  (p.workdir / "config.json").write_text(text)
+  summaries = {}
+  for stage in config.stages:
+    ckpt = p.checkpointer(stage)
+    if ckpt.is_done():
+      print(f"[{stage}] complete in {ckpt.directory}; skipping", flush=True)
+      summaries[stage] = ckpt.done_meta()
+      continue
+    start = time.time()
+    print(f"[{stage}] starting", flush=True)
+    summary = STAGE_FNS[stage](p)
+    summary["seconds"] = round(time.time() - start, 1)
+    ckpt.mark_done(ckpt.latest_step() or 0, summary)
+    summaries[stage] = summary
+    print(f"[{stage}] done in {summary['seconds']}s: "
+          + json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float))}), flush=True)
+  return summaries

@@ -1,0 +1,207 @@
+"""PPO stage: policy = SFT model + value head, frozen reference = the SFT model, reward = r = h x s.
+
+Each iteration samples responses for a batch of testbed prompts, scores them (reward model inside the
+compiled rollout by default, or the gold oracle on the host), and runs all PPO epochs/minibatches in
+one compiled update. Every `gold_every` iterations the same responses are also graded by the gold
+oracle, so proxy reward and gold reward are logged side by side (over-optimisation shows as a gap).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from safecomp.constants import INTENT_INDEX, MODES
+from safecomp.rewards import composite
+from safecomp.rl import ppo as ppo_lib
+from safecomp.training import batching
+from safecomp.training import loop as loop_lib
+from safecomp.training import rollout as rollout_lib
+
+
+def graft(fresh: Any, pretrained: Any) -> Any:
+  """`fresh` with every leaf that `pretrained` also has replaced by it (new heads stay fresh)."""
+  if isinstance(fresh, dict):
+    return {k: graft(v, pretrained[k]) if isinstance(pretrained, dict) and k in pretrained else v
+            for k, v in fresh.items()}
+  if np.shape(fresh) != np.shape(pretrained):
+    raise ValueError(f"shape mismatch grafting parameters: {np.shape(fresh)} vs {np.shape(pretrained)}")
+  return pretrained
+
+
+def ppo_config(c, eos_id: int) -> ppo_lib.PPOConfig:
+  p = c.ppo
+  return ppo_lib.PPOConfig(
+      algorithm=p.algorithm, epochs=p.epochs, num_minibatches=p.num_minibatches, clip_eps=p.clip_eps,
+      vf_coef=p.vf_coef, vf_clip=p.vf_clip, ent_coef=p.ent_coef, gamma=p.gamma, lam=p.lam,
+      kl_coef=p.kl_coef, kl_estimator=p.kl_estimator,
+      kl_target=p.adaptive_kl_target if p.adaptive_kl_target > 0 else None,
+      kl_horizon=p.adaptive_kl_horizon, whiten_advantages=p.whiten_advantages,
+      temperature=p.temperature, eos_penalty=p.eos_penalty, eos_id=eos_id,
+      group_size=p.group_size)
+
+
+def rl_tree(state: ppo_lib.RLTrainState) -> dict:
+  return {"params": state.params, "opt_state": state.opt_state, "step": state.step,
+          "kl_coef": state.kl_coef, "score_moments": state.score_moments}
+
+
+def rl_from_tree(state: ppo_lib.RLTrainState, tree: dict) -> ppo_lib.RLTrainState:
+  return state.replace(params=tree["params"], opt_state=tree["opt_state"], step=tree["step"],
+                       kl_coef=tree["kl_coef"], score_moments=type(state.score_moments)(*tree["score_moments"]))
+
+
+def decode_responses(tokenizer, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
+  """Response text up to (not including) EOS, keeping `<think>` markers for the grader to strip."""
+  specials = {tokenizer.eos_id, tokenizer.pad_id, tokenizer.bos_id}
+  out = []
+  for row, row_mask in zip(np.asarray(tokens), np.asarray(mask)):
+    ids = [int(t) for t, m in zip(row, row_mask) if m and int(t) not in specials]
+    out.append(tokenizer.decode(ids, skip_special_tokens=False))
+  return out
+
+
+def oracle_scores(world, examples, texts, kind: str, severity_to_safety) -> dict[str, np.ndarray]:
+  """Gold oracle grades on the host, combined with the same reward function as the proxy."""
+  from safecomp import testbed  # pylint: disable=import-outside-toplevel
+  grades = [testbed.grade(e.messages, t, world=world) for e, t in zip(examples, texts)]
+  severity = np.asarray([g.severity for g in grades])
+  safety = np.asarray(composite.safety_from_severity(jnp.asarray(severity), severity_to_safety))
+  helpfulness = np.asarray([g.helpfulness for g in grades], np.float32)
+  refused = np.asarray([g.mode in ("refusal_redirect", "hard_refusal") for g in grades], np.float32)
+  intent = np.asarray([INTENT_INDEX[e.intent] for e in examples])
+  reward = np.asarray(composite.composite_reward(
+      jnp.asarray(safety), jnp.asarray(helpfulness), kind, intent=jnp.asarray(intent),
+      refused=jnp.asarray(refused)))
+  gold = np.asarray(composite.composite_reward(jnp.asarray(safety), jnp.asarray(helpfulness), "product"))
+  modes = np.asarray([MODES.index(g.mode) for g in grades])
+  return {"reward": reward, "gold_reward": gold, "safety": safety, "helpfulness": helpfulness,
+          "unsafe": (severity >= 1).astype(np.float32), "modes": modes}
+
+
+def mode_fractions(modes: np.ndarray, prefix: str) -> dict[str, float]:
+  return {f"{prefix}mode_{name}": float(np.mean(modes == i)) for i, name in enumerate(MODES)}
+
+
+def initial_state(p, policy_params) -> ppo_lib.RLTrainState:
+  c = p.config
+  tx = loop_lib.make_optimizer(c.ppo, c.ppo.iterations * c.ppo.epochs * c.ppo.num_minibatches)
+  return ppo_lib.create_rl_state(policy_params, tx, ppo_config(c, p.tokenizer.eos_id))
+
+
+def final_policy_params(p) -> Any:
+  """The policy parameters of the completed PPO stage."""
+  _, policy_init = p.init_model(("lm", "value"), seed_offset=3)
+  abstract = jax.eval_shape(lambda: rl_tree(initial_state(p, policy_init)))
+  return p.final_params("ppo", abstract)["params"]
+
+
+def run_ppo(p) -> dict:
+  """The PPO stage of the pipeline (see module docstring)."""
+  from safecomp.training import pipeline as pipeline_lib  # pylint: disable=import-outside-toplevel
+  c = p.config
+  tok = p.tokenizer
+  examples = p.examples("train", c.testbed.n_rl_prompts, seed_offset=3)
+  prompts = batching.prompts_to_arrays(tok, [e.messages for e in examples], pipeline_lib.CHAT_FAMILY,
+                                       c.max_prompt_len)
+  intents = np.asarray([INTENT_INDEX[e.intent] for e in examples], np.int32)
+
+  sft_model, sft_init = p.init_model(("lm",), seed_offset=1)
+  sft_params = p.trained_params("sft", sft_init, "sft")
+  policy_model, policy_init = p.init_model(("lm", "value"), seed_offset=3)
+  policy_params = graft(policy_init, sft_params)
+  ref_params = policy_params
+  del sft_model
+
+  cfg = ppo_config(c, tok.eos_id)
+  state = initial_state(p, policy_params)
+  roll_cfg = rollout_lib.RolloutConfig(
+      max_new_tokens=c.ppo.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
+      temperature=c.ppo.temperature, reward_kind=c.reward.kind,
+      severity_to_safety=tuple(c.reward.severity_to_safety), helpfulness_kind=c.rm.helpfulness_loss)
+
+  def forward_fn(params, sequences, attention_mask):
+    out = policy_model.apply({"params": params}, sequences, attention_mask=attention_mask)
+    return out["logits"], out.get("values")
+
+  update = functools.partial(ppo_lib.ppo_update, forward_fn=forward_fn, config=cfg)
+  base_key = jax.random.key(c.seed * 1000 + 77)
+  n_unique = c.ppo.prompts_per_iteration // c.ppo.group_size
+
+  def batch_fn(step: int) -> dict:
+    index = np.repeat(batching.batch_indices(step, len(examples), n_unique, c.seed + 101), c.ppo.group_size)
+    return {"prompts": prompts["tokens"][index], "prompt_mask": prompts["attention_mask"][index],
+            "intent": intents[index], "index": index, "step": np.int32(step)}
+
+  on_device = c.reward.grader == "rm"
+  if on_device:
+    rm_model, rm_init = p.init_model(("severity", "helpfulness"), seed_offset=2)
+    rm_params = p.trained_params("rm", rm_init, "rm")
+    rollout = rollout_lib.make_rollout(policy_model, rm_model, roll_cfg)
+
+    @jax.jit
+    def fused_step(state, batch, ref_params, rm_params):
+      roll_key, update_key = jax.random.split(jax.random.fold_in(base_key, batch["step"]))
+      roll = rollout(state.params, ref_params, rm_params, batch["prompts"], batch["prompt_mask"],
+                     batch["intent"], roll_key)
+      new_state, metrics = update(state, roll, rng=update_key)
+      metrics.update(proxy_safety=roll["safety"].mean(), proxy_helpfulness=roll["helpfulness"].mean(),
+                     response_tokens=roll["sequences"][:, -c.ppo.max_new_tokens:],
+                     response_mask=roll["response_mask"], proxy_rewards=roll["scores"])
+      return new_state, metrics
+
+    def step_fn(state, batch):
+      index = batch.pop("index")
+      state, metrics = fused_step(state, batch, ref_params, rm_params)
+      return state, dict(metrics, prompt_index=index)
+  else:
+    sampler = functools.partial(jax.jit(rollout_lib.make_sampler(policy_model, roll_cfg)), ref_params=ref_params)
+    jit_update = jax.jit(update)
+
+    def step_fn(state, batch):
+      roll_key, update_key = jax.random.split(jax.random.fold_in(base_key, batch["step"]))
+      roll = jax.device_get(sampler(state.params, prompts=batch["prompts"], prompt_mask=batch["prompt_mask"], rng=roll_key))
+      n = c.ppo.max_new_tokens
+      texts = decode_responses(tok, roll["sequences"][:, -n:], roll["response_mask"])
+      graded = oracle_scores(p.world, [examples[i] for i in batch["index"]], texts, c.reward.kind,
+                             tuple(c.reward.severity_to_safety))
+      roll = {k: roll[k] for k in ("sequences", "attention_mask", "response_mask", "old_logprobs",
+                                   "ref_logprobs", "values")}
+      roll["scores"] = graded["reward"]
+      state, metrics = jit_update(state, roll, rng=update_key)
+      metrics.update(gold_reward=graded["gold_reward"].mean(), gold_safety=graded["safety"].mean(),
+                     gold_helpfulness=graded["helpfulness"].mean(), gold_unsafe=graded["unsafe"].mean(),
+                     **mode_fractions(graded["modes"], "gold_"))
+      return state, metrics
+
+  def on_log(step: int, row: dict) -> dict:
+    tokens, mask, index = row.pop("response_tokens", None), row.pop("response_mask", None), row.pop("prompt_index", None)
+    proxy = row.pop("proxy_rewards", None)
+    if tokens is None or (step % c.ppo.gold_every and step != c.ppo.iterations):
+      return {}
+    texts = decode_responses(tok, tokens, mask)
+    graded = oracle_scores(p.world, [examples[i] for i in index], texts, "product",
+                           tuple(c.reward.severity_to_safety))
+    return {"proxy_reward": float(np.mean(proxy)), "gold_reward": float(graded["gold_reward"].mean()),
+            "gold_safety": float(graded["safety"].mean()), "gold_helpfulness": float(graded["helpfulness"].mean()),
+            "gold_unsafe": float(graded["unsafe"].mean()), **mode_fractions(graded["modes"], "gold_")}
+
+  from safecomp.training.metrics import MetricWriter  # pylint: disable=import-outside-toplevel
+  writer = MetricWriter(p.workdir, "ppo")
+  state = loop_lib.run_loop(
+      state, step_fn, batch_fn, p.checkpointer("ppo"), writer,
+      loop_lib.LoopConfig(c.ppo.iterations, c.ppo.log_every, c.ppo.checkpoint_every,
+                          c.max_consecutive_nonfinite, "ppo"),
+      to_tree=rl_tree, from_tree=rl_from_tree, on_log=on_log)
+  writer.close()
+  from safecomp.training.metrics import read_metrics  # pylint: disable=import-outside-toplevel
+  rows = [r for r in read_metrics(writer.path) if "gold_reward" in r]
+  summary = {"iterations": c.ppo.iterations}
+  if rows:
+    summary.update(first_gold_reward=rows[0]["gold_reward"], last_gold_reward=rows[-1]["gold_reward"])
+    if "proxy_reward" in rows[-1]:
+      summary.update(last_proxy_reward=rows[-1]["proxy_reward"])
+  return summary

@@ -1,0 +1,105 @@
+"""The compiled rollout: sample with the KV cache, score with the reward heads, combine into r.
+
+`make_rollout(...)` returns one pure function: prompts in, everything PPO needs out, with no host
+round-trip between generation and reward when the grader is the reward model (the default). Graders
+that cannot run inside jit (the gold oracle, HTTP judges) use `make_sampler` and score on the host with
+the same output layout.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from safecomp import models
+from safecomp.rewards import composite
+from safecomp.rewards import reward_model as rm_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+  max_new_tokens: int
+  eos_id: int
+  pad_id: int
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  greedy: bool = False
+  reward_kind: str = "product"
+  severity_to_safety: tuple[float, ...] = (1.0, 0.6, 0.3, 0.0)
+  helpfulness_kind: str = "bce"
+
+
+def full_attention_mask(prompt_mask: jax.Array, response_mask: jax.Array) -> jax.Array:
+  return jnp.concatenate([prompt_mask, response_mask], axis=1).astype(jnp.int32)
+
+
+def sample(policy_model, policy_params, prompts, prompt_mask, rng, cfg: RolloutConfig) -> dict:
+  """Samples responses and returns sequences, masks and the sampler's own log-probs."""
+  out = models.generate(policy_model, policy_params, prompts, prompt_mask, rng,
+                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                        top_p=cfg.top_p, greedy=cfg.greedy, eos_id=cfg.eos_id, pad_id=cfg.pad_id)
+  response_mask = out.response_mask.astype(jnp.int32)
+  return {"sequences": out.sequences, "attention_mask": full_attention_mask(prompt_mask, response_mask),
+          "response_mask": response_mask, "sample_logprobs": out.response_logprobs,
+          "finished": out.finished}
+
+
+def score_policy(policy_model, policy_params, ref_params, batch: dict, cfg: RolloutConfig) -> dict:
+  """Old log-probs and values (policy) and reference log-probs on the sampled sequences."""
+  n = batch["response_mask"].shape[1]
+  responses = batch["sequences"][:, -n:]
+
+  def logp_values(params):
+    out = policy_model.apply({"params": params}, batch["sequences"], attention_mask=batch["attention_mask"])
+    logits = out["logits"][:, -n - 1:-1].astype(jnp.float32)
+    values = out.get("values")
+    values = jnp.zeros(responses.shape, jnp.float32) if values is None else values[:, -n - 1:-1]
+    return models.token_logprobs(logits, responses, cfg.temperature), values
+
+  old_logprobs, values = logp_values(policy_params)
+  ref_logprobs, _ = logp_values(ref_params)
+  mask = batch["response_mask"]
+  return {"old_logprobs": old_logprobs * mask, "values": values.astype(jnp.float32) * mask,
+          "ref_logprobs": ref_logprobs * mask}
+
+
+def score_reward_model(rm_model, rm_params, batch: dict, intent: jax.Array | None, cfg: RolloutConfig) -> dict:
+  """Safety s, helpfulness h (both in [0,1]) and the composite reward from the reward heads."""
+  out = rm_model.apply({"params": rm_params}, batch["sequences"], attention_mask=batch["attention_mask"])
+  _, safety, helpfulness = rm_lib.reward_from_heads(
+      out["severity_logits"], out["helpfulness_logit"], helpfulness_kind=cfg.helpfulness_kind,
+      severity_to_safety=cfg.severity_to_safety)
+  del intent  # only the refusal reward reads it, and that one is scored on the host (see pipeline)
+  scores = composite.composite_reward(safety, helpfulness, cfg.reward_kind)
+  return {"scores": scores, "safety": safety, "helpfulness": helpfulness,
+          "severity_probs": jax.nn.softmax(out["severity_logits"].astype(jnp.float32), -1)}
+
+
+def make_rollout(policy_model, rm_model, cfg: RolloutConfig):
+  """`rollout(policy_params, ref_params, rm_params, prompts, prompt_mask, intent, rng) -> dict`.
+
+  One pure function (jit it once): generation, policy/reference log-probs, values and the reward-model
+  reward, all in a single compiled computation.
+  """
+
+  def rollout(policy_params, ref_params, rm_params, prompts, prompt_mask, intent, rng) -> dict[str, Any]:
+    batch = sample(policy_model, policy_params, prompts, prompt_mask, rng, cfg)
+    batch.update(score_policy(policy_model, policy_params, ref_params, batch, cfg))
+    batch.update(score_reward_model(rm_model, rm_params, batch, intent, cfg))
+    return batch
+
+  return rollout
+
+
+def make_sampler(policy_model, cfg: RolloutConfig):
+  """`sample_and_score(policy_params, ref_params, prompts, prompt_mask, rng) -> dict` without rewards."""
+
+  def sample_and_score(policy_params, ref_params, prompts, prompt_mask, rng):
+    batch = sample(policy_model, policy_params, prompts, prompt_mask, rng, cfg)
+    batch.update(score_policy(policy_model, policy_params, ref_params, batch, cfg))
+    return batch
+
+  return sample_and_score

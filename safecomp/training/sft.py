@@ -1,0 +1,59 @@
+"""Supervised fine-tuning on prompt -> reasoning + answer, loss on the assistant tokens only."""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+
+from safecomp.training import loop as loop_lib
+
+
+def sft_loss(model, params, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict]:
+  """Mean next-token cross-entropy over assistant tokens (reasoning + answer + end token)."""
+  tokens, attention, loss_mask = batch["tokens"], batch["attention_mask"], batch["loss_mask"]
+  chex.assert_equal_shape([tokens, attention, loss_mask])
+  logits = model.apply({"params": params}, tokens, attention_mask=attention)["logits"][:, :-1]
+  targets, mask = tokens[:, 1:], loss_mask[:, 1:].astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  n = jnp.maximum(mask.sum(), 1.0)
+  loss = (ce * mask).sum() / n
+  accuracy = ((jnp.argmax(logits, -1) == targets) * mask).sum() / n
+  return loss, {"loss": loss, "token_accuracy": accuracy, "target_tokens": mask.sum()}
+
+
+def make_sft_step(model):
+  """`step(state, batch) -> (state, metrics)`: one guarded AdamW step on the SFT loss."""
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def step(state: train_state.TrainState, batch):
+    (loss, metrics), grads = jax.value_and_grad(
+        lambda p: sft_loss(model, p, batch), has_aux=True)(state.params)
+    state, nonfinite = loop_lib.apply_if_finite(state, grads, loss)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads), nonfinite=nonfinite)
+    return state, metrics
+
+  return step
+
+
+def make_sft_eval(model, arrays: dict[str, np.ndarray], batch_size: int):
+  """Held-out SFT loss and token accuracy, token-weighted over the whole eval split."""
+  loss_fn = jax.jit(lambda params, batch: sft_loss(model, params, batch)[1])
+
+  def evaluate(params: Any) -> dict:
+    total, correct, tokens = 0.0, 0.0, 0.0
+    n = len(arrays["tokens"])
+    for start in range(0, n, batch_size):
+      batch = {k: v[start:start + batch_size] for k, v in arrays.items() if k != "truncated"}
+      m = jax.device_get(loss_fn(params, batch))
+      total += float(m["loss"]) * float(m["target_tokens"])
+      correct += float(m["token_accuracy"]) * float(m["target_tokens"])
+      tokens += float(m["target_tokens"])
+    return {"eval_loss": total / max(tokens, 1.0), "eval_token_accuracy": correct / max(tokens, 1.0)}
+
+  return evaluate

@@ -1,0 +1,106 @@
+"""The whole pipeline, SFT -> RM -> PPO -> eval, at toy size, and the CLI around it."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from safecomp import config as config_lib
+from safecomp.errors import CheckpointError, ConfigError
+from safecomp.training import pipeline
+from safecomp.training.metrics import read_metrics
+
+from tests.conftest import REPO_ROOT
+
+DEMO = str(REPO_ROOT / "configs" / "demo.py")
+
+
+def tiny_config(arm: str = "safe_completion", **overrides):
+  config = config_lib.load_config(f"{DEMO}:arm={arm},size=tiny")
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("demo")
+  summaries = pipeline.run(tiny_config(), workdir)
+  return workdir, summaries
+
+
+def test_every_stage_runs_and_reports(demo_run):
+  workdir, summaries = demo_run
+  assert list(summaries) == ["sft", "rm", "ppo", "eval"]
+  assert summaries["sft"]["eval_loss"] > 0 and summaries["sft"]["kept"] <= summaries["sft"]["generated"]
+  assert 0 <= summaries["rm"]["severity_accuracy"] <= 1
+  for name in ("sft", "ppo"):
+    assert 0 <= summaries["eval"][f"{name}_gold_reward"] <= 1
+  rm_eval = json.loads((workdir / "rm" / "eval.json").read_text())
+  assert len(rm_eval["severity_confusion"]) == 4 and "severity_ece" in rm_eval
+
+  ppo_rows = read_metrics(workdir / "metrics" / "ppo.jsonl")
+  assert [r["step"] for r in ppo_rows] == [1, 2, 3]
+  for key in ("score_mean", "kl_ref", "entropy", "clipfrac", "approx_kl", "explained_variance",
+              "response_length", "proxy_reward", "gold_reward", "proxy_safety", "proxy_helpfulness",
+              "gold_mode_direct", "gold_mode_hard_refusal"):
+    assert key in ppo_rows[-1], key
+  sft_rows = read_metrics(workdir / "metrics" / "sft.jsonl")
+  assert any("eval_loss" in r for r in sft_rows) and all("loss" in r for r in sft_rows if "eval_loss" not in r)
+
+  report = json.loads((workdir / "eval" / "eval.json").read_text())
+  assert {"sft", "ppo"} <= set(json.dumps(report).split('"')) or report
+  for png in ("safety_rate.png", "helpfulness_given_safe.png", "severity_of_unsafe.png"):
+    assert (workdir / "eval" / png).stat().st_size > 0
+  table = (workdir / "eval" / "eval.md").read_text()
+  assert "dual_use" in table and "malicious" in table and "benign" in table
+
+
+def test_rerun_skips_completed_stages(demo_run, capsys):
+  workdir, summaries = demo_run
+  again = pipeline.run(tiny_config(), workdir)
+  out = capsys.readouterr().out
+  for stage in ("sft", "rm", "ppo", "eval"):
+    assert f"[{stage}] complete" in out
+  assert again["eval"]["ppo_gold_reward"] == summaries["eval"]["ppo_gold_reward"]
+
+
+def test_checkpoint_from_another_model_config_is_refused(demo_run):
+  workdir, _ = demo_run
+  with pytest.raises(CheckpointError, match="different config: model"):
+    pipeline.run(tiny_config(**{"model.hidden_size": 48}), workdir)
+
+
+def test_refusal_arm_runs_with_the_oracle_grader(tmp_path):
+  config = tiny_config("refusal", stages=("sft", "ppo"))
+  summaries = pipeline.run(config, tmp_path)
+  assert summaries["ppo"]["iterations"] == 3
+  rows = read_metrics(tmp_path / "metrics" / "ppo.jsonl")
+  assert "gold_reward" in rows[-1] and "proxy_reward" not in rows[-1]
+
+
+def test_refusal_reward_needs_the_oracle_grader(tmp_path):
+  with pytest.raises(ConfigError, match="reward.grader"):
+    pipeline.run(tiny_config("refusal", **{"reward.grader": "rm"}), tmp_path)
+
+
+def _cli(*args, cwd):
+  return subprocess.run([sys.executable, "-m", "safecomp.train", *args], cwd=cwd, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_cli_unknown_key_names_the_closest(tmp_path):
+  result = _cli("--config", f"{DEMO}:size=tiny", "--workdir", str(tmp_path), "--config.sft.stepz=3",
+                cwd=REPO_ROOT)
+  assert result.returncode != 0
+  assert "sft.stepz" in result.stderr and "sft.steps" in result.stderr
+
+
+def test_cli_out_of_range_value(tmp_path):
+  result = _cli("--config", f"{DEMO}:size=tiny", "--workdir", str(tmp_path), "--config.sft.learning_rate=-1",
+                cwd=REPO_ROOT)
+  assert result.returncode != 0 and "sft.learning_rate" in result.stderr
