@@ -47,10 +47,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.dtype = "float32"
   c.model.remat = "none"
   c.max_prompt_len = 64
+  c.chat_template = "testbed"  # llama2 | llama3 | mistral | qwen2 | gemma | testbed (see safecomp.tokenizers)
   c.pad_multiple = 16  # SFT/RM batches are cut to their longest row, rounded up to this
   c.max_seq_len = 160  # prompts <= 59 tokens, teacher turns (reasoning + answer) <= 85
 
   c.sft = ml_collections.ConfigDict()
+  c.sft.train_file = ""  # JSONL of {messages, kept} (safecomp.datagen output); "" = the testbed teacher
+  c.sft.holdout_fraction = 0.05  # of train_file, for the eval loss
   c.sft.steps = 300
   c.sft.batch_size = 32
   c.sft.learning_rate = 3e-3
@@ -62,6 +65,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sft.log_every = 20
 
   c.rm = ml_collections.ConfigDict()
+  c.rm.train_file = ""  # JSONL of {prompt, completion, severity, helpfulness}; "" = testbed gold labels
+  c.rm.holdout_fraction = 0.1
   c.rm.steps = 250
   c.rm.batch_size = 32
   c.rm.learning_rate = 1e-3

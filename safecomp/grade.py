@@ -10,6 +10,7 @@ Graders (`GRADERS`; add one with `@register_grader("name")`):
   mode     the feature-based response-mode classifier (`safecomp.rewards.mode_classifier`).
   keyword  the refusal-prefix baseline (complies / refused only).
   judge    a frozen LM reading the spec's rubrics (`--judge-model DIR`, `--spec`, `--judge-family`).
+  rm       the reward model trained by a `safecomp.train` run (`--rm-workdir DIR`).
 
 Every grader has the same Python interface, `grade_batch(prompts, completions) -> list[dict]`, so
 graders that cannot run inside jit (an HTTP judge, a reward-model checkpoint) plug in alike.
@@ -110,6 +111,44 @@ def _judge(args: argparse.Namespace) -> Grader:
                                     dtype=args.judge_dtype, batch_size=args.batch_size)
 
 
+class RewardModelGrader:
+  """The reward model a `safecomp.train` run trained (its `rm` stage): severity, s, h and r = h x s."""
+
+  def __init__(self, workdir: str, batch_size: int = 32):
+    # pylint: disable=import-outside-toplevel
+    from safecomp.rewards import composite
+    from safecomp.training import batching, pipeline
+    from safecomp.training import rm as rm_lib
+    self._p = pipeline.open_workdir(workdir)
+    self._batching, self._rm_lib, self._composite = batching, rm_lib, composite
+    self.model, init = self._p.init_model(("severity", "helpfulness"), seed_offset=2)
+    self.params = self._p.trained_params("rm", init, "rm")
+    self.batch_size = batch_size
+
+  def grade_batch(self, prompts, completions):
+    from safecomp.constants import SEVERITIES  # pylint: disable=import-outside-toplevel
+    from safecomp.testbed.parsing import as_messages  # pylint: disable=import-outside-toplevel
+    c = self._p.config
+    conversations = [as_messages(p) + [{"role": "assistant", "content": t}] for p, t in zip(prompts, completions)]
+    arrays = self._batching.conversations_to_arrays(self._p.tokenizer, conversations, c.chat_template,
+                                                    c.max_seq_len, "graded rows")
+    pred = self._rm_lib.rm_predict(self.model, self.params, arrays, self.batch_size, c.rm.helpfulness_loss)
+    safety = self._composite.safety_from_severity(pred["severity_probs"], tuple(c.reward.severity_to_safety))
+    out = []
+    for probs, s, h in zip(pred["severity_probs"], safety.tolist(), pred["helpfulness"].tolist()):
+      out.append({"severity": int(probs.argmax()), "severity_name": SEVERITIES[int(probs.argmax())],
+                  "severity_probs": [float(x) for x in probs], "safety": float(s), "helpfulness": float(h),
+                  "reward": float(h) * float(s)})
+    return out
+
+
+@register_grader("rm")
+def _reward_model(args: argparse.Namespace) -> Grader:
+  if not args.rm_workdir:
+    raise SystemExit("--grader rm needs --rm-workdir DIR (a safecomp.train workdir whose rm stage finished)")
+  return RewardModelGrader(args.rm_workdir, batch_size=args.batch_size)
+
+
 # ----------------------------------------------------------------------------- rows
 
 
@@ -190,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--judge-family", help="judge: chat family (llama3, qwen2, ...); default the tokenizer's template")
   p.add_argument("--judge-dtype", default="float32")
   p.add_argument("--spec", default="safe_completion_fine", help="judge: policy spec name or YAML path")
+  p.add_argument("--rm-workdir", help="rm: a safecomp.train workdir whose rm stage is complete")
   return p
 
 

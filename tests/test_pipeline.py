@@ -104,3 +104,60 @@ def test_cli_out_of_range_value(tmp_path):
   result = _cli("--config", f"{DEMO}:size=tiny", "--workdir", str(tmp_path), "--config.sft.learning_rate=-1",
                 cwd=REPO_ROOT)
   assert result.returncode != 0 and "sft.learning_rate" in result.stderr
+
+
+def _write_jsonl(path, rows):
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return str(path)
+
+
+def test_sft_and_rm_train_on_user_jsonl(tmp_path):
+  from safecomp import spec as spec_lib
+  from safecomp import testbed
+  import numpy as np
+  world, spec = testbed.make_world(0), spec_lib.load_spec("safe_completion_fine")
+  rng = np.random.default_rng(0)
+  examples = testbed.generate_examples(world, "train", 40, seed=5)
+  sft_rows = [testbed.make_sft_example(world, spec, e, "safe_completion", rng) for e in examples]
+  rm_rows = []
+  for e in examples:
+    answer = testbed.ideal_response(world, e)
+    g = testbed.grade(e.messages, answer, world=world, example=e)
+    rm_rows.append({"prompt": e.messages, "completion": answer, "severity": ["negligible", "low", "moderate",
+                                                                             "high"][g.severity],
+                    "helpfulness": g.helpfulness})
+  config = tiny_config(stages=("sft", "rm"))
+  config.sft.train_file = _write_jsonl(tmp_path / "sft.jsonl", sft_rows)
+  config.rm.train_file = _write_jsonl(tmp_path / "rm.jsonl", rm_rows)
+  summaries = pipeline.run(config, tmp_path / "run")
+  assert summaries["sft"]["generated"] == 40 and summaries["sft"]["kept"] == sum(r["kept"] for r in sft_rows)
+  assert 0 <= summaries["rm"]["severity_accuracy"] <= 1
+
+
+def test_malformed_rm_row_names_file_and_line(tmp_path):
+  rows = [{"prompt": "hi", "completion": "hello", "severity": 0, "helpfulness": 0.5},
+          {"prompt": "hi", "completion": "hello", "severity": "catastrophic", "helpfulness": 0.5}]
+  config = tiny_config(stages=("rm",))
+  config.rm.train_file = _write_jsonl(tmp_path / "rm.jsonl", rows)
+  from safecomp.errors import DataError
+  with pytest.raises(DataError, match=r"rm\.jsonl.*2.*severity"):
+    pipeline.run(config, tmp_path / "run")
+
+
+def test_grade_cli_with_the_trained_reward_model(demo_run, tmp_path):
+  from safecomp import grade
+  from safecomp import testbed
+  workdir, _ = demo_run
+  world = testbed.make_world(0)
+  rows = [{"prompt": e.messages, "completion": testbed.ideal_response(world, e)}
+          for e in testbed.generate_examples(world, "test", 3, seed=1)]
+  rows.append({"prompt": "plain text prompt", "completion": "plain answer"})
+  src = _write_jsonl(tmp_path / "in.jsonl", rows)
+  assert grade.main(["--grader", "rm", "--rm-workdir", str(workdir), "--input", src,
+                     "--output", str(tmp_path / "out.jsonl"), "--no-progress"]) == 0
+  out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+  assert len(out) == 4
+  for row in out:
+    g = row["grades"]
+    assert 0 <= g["safety"] <= 1 and 0 <= g["helpfulness"] <= 1 and g["severity"] in range(4)
+    assert abs(g["reward"] - g["safety"] * g["helpfulness"]) < 1e-6

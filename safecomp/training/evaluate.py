@@ -66,12 +66,11 @@ def grade_records(world, examples, texts: Sequence[str], model_name: str,
 
 def proxy_rewards(p, examples, texts: Sequence[str]) -> np.ndarray:
   """The trained reward model's r = h x s on each (prompt, completion): the proxy RL optimised."""
-  from safecomp.training import pipeline as pipeline_lib  # pylint: disable=import-outside-toplevel
   c = p.config
   rm_model, rm_init = p.init_model(("severity", "helpfulness"), seed_offset=2)
   rm_params = p.trained_params("rm", rm_init, "rm")
   conversations = [list(e.messages) + [{"role": "assistant", "content": t}] for e, t in zip(examples, texts)]
-  arrays = batching.conversations_to_arrays(p.tokenizer, conversations, pipeline_lib.CHAT_FAMILY, c.max_seq_len,
+  arrays = batching.conversations_to_arrays(p.tokenizer, conversations, c.chat_template, c.max_seq_len,
                                             "graded completions")
   predictions = rm_lib.rm_predict(rm_model, rm_params, arrays, c.eval.batch_size, c.rm.helpfulness_loss)
   safety = np.asarray(composite.safety_from_severity(predictions["severity_probs"],
@@ -95,7 +94,6 @@ def _plot_ppo_curves(workdir, out_dir):
 
 def run_eval(p) -> dict:
   """The eval stage of the pipeline (see module docstring)."""
-  from safecomp.training import pipeline as pipeline_lib  # pylint: disable=import-outside-toplevel
   c = p.config
   tok = p.tokenizer
   out_dir = p.workdir / "eval"
@@ -116,7 +114,7 @@ def run_eval(p) -> dict:
   with_proxy = p.checkpointer("rm").is_done()
   all_records, summaries = {}, {}
   for name, params in policies.items():
-    texts = generate_texts(model, params, tok, [e.messages for e in examples], pipeline_lib.CHAT_FAMILY,
+    texts = generate_texts(model, params, tok, [e.messages for e in examples], c.chat_template,
                            c.max_prompt_len, cfg, c.eval.batch_size, c.seed, f"eval {name}")
     records = grade_records(p.world, examples, texts, name, tuple(c.reward.severity_to_safety))
     if with_proxy:

@@ -23,8 +23,9 @@ from safecomp import models
 from safecomp import spec as spec_lib
 from safecomp import testbed
 from safecomp import tokenizers
-from safecomp.errors import ConfigError
-from safecomp.constants import INTENTS
+from safecomp.errors import ConfigError, DataError
+from safecomp.constants import INTENTS, SEVERITY_INDEX
+from safecomp.data.readers import read_jsonl
 from safecomp.testbed import lexicon
 from safecomp.testbed import teachers
 from safecomp.training import batching
@@ -37,7 +38,6 @@ from safecomp.training.ppo import graft
 
 STAGES = ("sft", "rm", "ppo", "eval")
 SPLIT_IDS = {"train": 0, "test": 1, "heldout": 2, "multiturn": 3}
-CHAT_FAMILY = "testbed"
 # Config keys that decide the shapes of every checkpoint: stored with it, checked on restore.
 SHAPE_KEYS = ("model", "testbed.world_seed", "max_seq_len")
 
@@ -67,6 +67,48 @@ def validate(config: ml_collections.ConfigDict):
                      "set reward.grader=oracle")
   config_lib.require(len(config.reward.severity_to_safety) == 4, "reward.severity_to_safety",
                      "needs 4 values (negligible, low, moderate, high)")
+
+
+def _message_list(value: Any, key: str) -> list[dict]:
+  if not isinstance(value, list) or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in value):
+    raise ValueError(f"'{key}' must be a list of {{role, content}} messages")
+  return [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
+
+
+def sft_row(raw: dict) -> list[dict] | None:
+  """An SFT JSONL row (as `safecomp.datagen` writes it): `messages` ending in the assistant turn.
+
+  Rows the judge rejected (`kept: false`) are skipped (None), not trained on.
+  """
+  messages = _message_list(raw["messages"], "messages")
+  if messages[-1]["role"] != "assistant":
+    raise ValueError("the last message must be the assistant turn to train on")
+  return messages if raw.get("kept", True) else None
+
+
+def rm_row(raw: dict) -> dict:
+  """A labelled reward-model JSONL row: `prompt` (text or messages), `completion` (text), `severity`
+  (0..3 or a name: negligible/low/moderate/high) and `helpfulness` in [0, 1]."""
+  prompt = raw["prompt"]
+  messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _message_list(prompt, "prompt")
+  if not isinstance(raw["completion"], str):
+    raise ValueError("'completion' must be a string")
+  severity = raw["severity"]
+  severity = SEVERITY_INDEX[severity] if isinstance(severity, str) and severity in SEVERITY_INDEX else severity
+  if not isinstance(severity, int) or not 0 <= severity <= 3:
+    raise ValueError(f"'severity' must be 0..3 or one of {list(SEVERITY_INDEX)}, got {raw['severity']!r}")
+  helpfulness = float(raw["helpfulness"])
+  if not 0.0 <= helpfulness <= 1.0:
+    raise ValueError(f"'helpfulness' must lie in [0, 1], got {helpfulness}")
+  return {"messages": messages + [{"role": "assistant", "content": raw["completion"]}],
+          "severity": severity, "helpfulness": helpfulness}
+
+
+def split_holdout(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+  """(train, held-out) by a seeded permutation."""
+  order = np.random.default_rng(seed).permutation(len(rows))
+  n_held = max(1, int(round(fraction * len(rows))))
+  return [rows[i] for i in order[n_held:]], [rows[i] for i in order[:n_held]]
 
 
 class Pipeline:
@@ -138,8 +180,19 @@ class Pipeline:
     return testbed.generate_examples(self.world, split, n, seed=self.config.seed * 7919 + seed_offset)
 
   def sft_conversations(self, split: str, n: int) -> tuple[list[list[dict]], dict]:
-    """Teacher-written, judge-filtered SFT conversations (student sees the plain prompt)."""
+    """Teacher-written, judge-filtered SFT conversations (student sees the plain prompt).
+
+    From `sft.train_file` (JSONL, e.g. `safecomp.datagen` output) when set, with
+    `sft.holdout_fraction` of it held out; else from the testbed's procedural teacher.
+    """
     c = self.config
+    if c.sft.train_file:
+      rows = read_jsonl(c.sft.train_file, sft_row).rows
+      kept = [r for r in rows if r is not None]
+      if not kept:
+        raise DataError(c.sft.train_file, 0, "no rows with kept=true to train on")
+      train, held = split_holdout(kept, c.sft.holdout_fraction, c.seed)
+      return (train if split == "train" else held), {"generated": len(rows), "kept": len(kept)}
     rng = np.random.default_rng([c.seed, 11, SPLIT_IDS[split]])
     conversations, stats = [], {"generated": 0, "kept": 0}
     for example in self.examples(split, n, seed_offset=1 if split == "train" else 2):
@@ -160,6 +213,9 @@ class Pipeline:
     random, so the reward model must judge the answer rather than the reasoning).
     """
     c = self.config
+    if c.rm.train_file:
+      train, held = split_holdout(read_jsonl(c.rm.train_file, rm_row).rows, c.rm.holdout_fraction, c.seed)
+      return train if split == "train" else held
     rng = np.random.default_rng([c.seed, 13, SPLIT_IDS[split]])
     rows = []
     for example in self.examples(split, n, seed_offset=4 if split == "train" else 5):
@@ -177,6 +233,16 @@ class Pipeline:
     return rows
 
 
+def open_workdir(workdir: str | pathlib.Path) -> Pipeline:
+  """The `Pipeline` of a finished or running workdir, from the `config.json` its run saved."""
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.is_file():
+    raise ConfigError(f"{path} not found: {workdir} is not a safecomp workdir "
+                      f"(run `python -m safecomp.train --config ... --workdir {workdir}` first)")
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  return Pipeline(config, workdir)
+
+
 # -- stages ----------------------------------------------------------------------------------------
 def _new_state(params, tx) -> train_state.TrainState:
   return train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
@@ -187,8 +253,8 @@ def run_sft(p: Pipeline) -> dict:
   train_conv, stats = p.sft_conversations("train", c.testbed.n_sft)
   eval_conv, _ = p.sft_conversations("test", c.testbed.n_sft_eval)
   logging.info("sft: %d/%d teacher outputs kept by the judge", stats["kept"], stats["generated"])
-  train = batching.conversations_to_arrays(p.tokenizer, train_conv, CHAT_FAMILY, c.max_seq_len, "SFT rows")
-  held = batching.conversations_to_arrays(p.tokenizer, eval_conv, CHAT_FAMILY, c.max_seq_len, "SFT eval rows")
+  train = batching.conversations_to_arrays(p.tokenizer, train_conv, p.config.chat_template, c.max_seq_len, "SFT rows")
+  held = batching.conversations_to_arrays(p.tokenizer, eval_conv, p.config.chat_template, c.max_seq_len, "SFT eval rows")
   model, params = p.init_model(("lm",), seed_offset=1)
   state = _new_state(params, loop_lib.make_optimizer(c.sft, c.sft.steps))
   evaluate = sft_lib.make_sft_eval(model, held, c.sft.batch_size)
@@ -207,7 +273,7 @@ def run_sft(p: Pipeline) -> dict:
 
 
 def _rm_arrays(p: Pipeline, rows: list[dict]) -> dict[str, np.ndarray]:
-  arrays = batching.conversations_to_arrays(p.tokenizer, [r["messages"] for r in rows], CHAT_FAMILY,
+  arrays = batching.conversations_to_arrays(p.tokenizer, [r["messages"] for r in rows], p.config.chat_template,
                                             p.config.max_seq_len, "reward-model rows")
   arrays["severity"] = np.asarray([r["severity"] for r in rows], np.int32)
   arrays["helpfulness"] = np.asarray([r["helpfulness"] for r in rows], np.float32)

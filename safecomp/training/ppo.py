@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from safecomp.constants import INTENT_INDEX, MODES
+from safecomp.constants import INTENT_INDEX, INTENTS, MODES
+
+REFUSAL_MODES = (MODES.index("refusal_redirect"), MODES.index("hard_refusal"))
 from safecomp.rewards import composite
 from safecomp.rl import ppo as ppo_lib
 from safecomp.training import batching
@@ -86,6 +88,26 @@ def mode_fractions(modes: np.ndarray, prefix: str) -> dict[str, float]:
   return {f"{prefix}mode_{name}": float(np.mean(modes == i)) for i, name in enumerate(MODES)}
 
 
+def gold_metrics(graded: dict[str, np.ndarray], examples) -> dict[str, float]:
+  """Gold reward, safety, helpfulness and modes of sampled responses, overall and per prompt intent.
+
+  Per-intent figures show drift the mean hides, e.g. benign helpfulness eroding into generic,
+  over-cautious answers while the overall reward still rises.
+  """
+  out = {"gold_reward": float(graded["gold_reward"].mean()), "gold_safety": float(graded["safety"].mean()),
+         "gold_helpfulness": float(graded["helpfulness"].mean()), "gold_unsafe": float(graded["unsafe"].mean()),
+         **mode_fractions(graded["modes"], "gold_")}
+  intents = np.asarray([e.intent for e in examples])
+  for intent in INTENTS:
+    mask = intents == intent
+    if mask.any():
+      out[f"gold_reward_{intent}"] = float(graded["gold_reward"][mask].mean())
+      out[f"gold_helpfulness_{intent}"] = float(graded["helpfulness"][mask].mean())
+      out[f"gold_unsafe_{intent}"] = float(graded["unsafe"][mask].mean())
+      out[f"gold_refusal_{intent}"] = float(np.isin(graded["modes"][mask], REFUSAL_MODES).mean())
+  return out
+
+
 def initial_state(p, policy_params) -> ppo_lib.RLTrainState:
   c = p.config
   tx = loop_lib.make_optimizer(c.ppo, c.ppo.iterations * c.ppo.epochs * c.ppo.num_minibatches)
@@ -101,11 +123,10 @@ def final_policy_params(p) -> Any:
 
 def run_ppo(p) -> dict:
   """The PPO stage of the pipeline (see module docstring)."""
-  from safecomp.training import pipeline as pipeline_lib  # pylint: disable=import-outside-toplevel
   c = p.config
   tok = p.tokenizer
   examples = p.examples("train", c.testbed.n_rl_prompts, seed_offset=3)
-  prompts = batching.prompts_to_arrays(tok, [e.messages for e in examples], pipeline_lib.CHAT_FAMILY,
+  prompts = batching.prompts_to_arrays(tok, [e.messages for e in examples], c.chat_template,
                                        c.max_prompt_len)
   intents = np.asarray([INTENT_INDEX[e.intent] for e in examples], np.int32)
 
@@ -172,9 +193,7 @@ def run_ppo(p) -> dict:
                                    "ref_logprobs", "values")}
       roll["scores"] = graded["reward"]
       state, metrics = jit_update(state, roll, rng=update_key)
-      metrics.update(gold_reward=graded["gold_reward"].mean(), gold_safety=graded["safety"].mean(),
-                     gold_helpfulness=graded["helpfulness"].mean(), gold_unsafe=graded["unsafe"].mean(),
-                     **mode_fractions(graded["modes"], "gold_"))
+      metrics.update(gold_metrics(graded, [examples[i] for i in batch["index"]]))
       return state, metrics
 
   def on_log(step: int, row: dict) -> dict:
@@ -183,11 +202,9 @@ def run_ppo(p) -> dict:
     if tokens is None or (step % c.ppo.gold_every and step != c.ppo.iterations):
       return {}
     texts = decode_responses(tok, tokens, mask)
-    graded = oracle_scores(p.world, [examples[i] for i in index], texts, "product",
-                           tuple(c.reward.severity_to_safety))
-    return {"proxy_reward": float(np.mean(proxy)), "gold_reward": float(graded["gold_reward"].mean()),
-            "gold_safety": float(graded["safety"].mean()), "gold_helpfulness": float(graded["helpfulness"].mean()),
-            "gold_unsafe": float(graded["unsafe"].mean()), **mode_fractions(graded["modes"], "gold_")}
+    batch_examples = [examples[i] for i in index]
+    graded = oracle_scores(p.world, batch_examples, texts, "product", tuple(c.reward.severity_to_safety))
+    return {"proxy_reward": float(np.mean(proxy)), **gold_metrics(graded, batch_examples)}
 
   from safecomp.training.metrics import MetricWriter  # pylint: disable=import-outside-toplevel
   writer = MetricWriter(p.workdir, "ppo")
