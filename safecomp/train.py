@@ -18,8 +18,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and reports go.")
 
 
+_STATE = {"flags_parsed": False}
+
+
 def _main(argv):
   del argv
+  _STATE["flags_parsed"] = True
   from safecomp.errors import SafecompError  # pylint: disable=import-outside-toplevel
   from safecomp.training import pipeline  # pylint: disable=import-outside-toplevel
   # Library INFO chatter (orbax, jax) drowns the progress bars; stage summaries are printed.
@@ -60,6 +64,8 @@ def main():
   try:
     app.run(lambda argv: sys.exit(_main(argv)))
   except (AttributeError, KeyError):  # an override naming a key the config lacks
+    if _STATE["flags_parsed"]:  # raised by the run itself: a bug, not a bad override
+      raise
     print(f"error: {_unknown_key_message(sys.argv)}", file=sys.stderr)
     sys.exit(2)
 
