@@ -44,7 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.head_dim = 32
   c.model.intermediate_size = 384
   c.model.max_position_embeddings = 256
-  c.model.dtype = "float32"
+  c.model.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 master weights (param_dtype)
+  c.model.param_dtype = "float32"
   c.model.remat = "none"
   c.max_prompt_len = 64
   c.chat_template = "testbed"  # llama2 | llama3 | mistral | qwen2 | gemma | testbed (see safecomp.tokenizers)
@@ -60,6 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sft.warmup_steps = 30
   c.sft.weight_decay = 0.01
   c.sft.grad_clip = 1.0
+  c.sft.microbatches = 1  # gradient accumulation inside the step (same update, less memory)
   c.sft.eval_every = 100
   c.sft.checkpoint_every = 100
   c.sft.log_every = 20
@@ -73,6 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rm.warmup_steps = 20
   c.rm.weight_decay = 0.01
   c.rm.grad_clip = 1.0
+  c.rm.microbatches = 1
   c.rm.helpfulness_loss = "bce"
   c.rm.severity_weight = 1.0
   c.rm.helpfulness_weight = 1.0
@@ -120,6 +123,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.greedy = True
   c.eval.batch_size = 100
   c.eval.bootstrap = 1000
+
+  # Devices: a (data, fsdp, tensor) mesh; -1 takes the devices left over. See README, "Running on a
+  # TPU pod / GPU cluster".
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  c.distributed = ml_collections.ConfigDict({
+      "initialize": False, "coordinator_address": "", "num_processes": -1, "process_id": -1,
+      "local_device_ids": "", "cpu_collectives": "gloo"})
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.max_to_keep = 2

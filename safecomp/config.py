@@ -40,20 +40,23 @@ def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> ml_c
   file_part = path.split(":", 1)[0]
   if not pathlib.Path(file_part).is_file():
     raise ConfigError(f"config file not found: {file_part}")
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", default=None, flag_values=flag_values, lock_config=True)
   argv = ["safecomp", f"--config={path}"]
   for item in overrides:
     item = item[len("--config."):] if item.startswith("--config.") else item
     if "=" not in item:
       raise ConfigError(f"override {item!r} must look like key=value")
     argv.append(f"--config.{item}")
+  flag_values = flags.FlagValues()
+  # `sys_argv`: the override flags are found in this argv, not in the process's own.
+  config_flags.DEFINE_config_file("config", default=None, flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
   try:
     flag_values(argv)
   except flags.Error as e:
     raise _explain(e, path) from None
   except (AttributeError, KeyError) as e:
-    raise _explain(e, path) from None
+    keys = [a[len("--config."):].split("=", 1)[0] for a in argv[2:]]
+    raise ConfigError(f"{path}: {unknown_key_message(path, keys) or _explain(e, path)}") from None
   return flag_values["config"].value
 
 
@@ -64,6 +67,20 @@ def config_from_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
+
+
+def unknown_key_message(path: str | pathlib.Path, keys: Sequence[str]) -> str | None:
+  """'unknown config key ...; did you mean ...?' for the first of `keys` the config file lacks."""
+  try:
+    base = config_from_file(path)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  known = set(all_keys(base))
+  for key in keys:
+    if key not in known:
+      hint = closest_key(base, key)
+      return f"unknown config key {key!r}" + (f"; did you mean {hint!r}?" if hint else "")
+  return None
 
 
 def _explain(error: Exception, path: str) -> ConfigError:

@@ -47,16 +47,8 @@ def _unknown_key_message(argv: list[str]) -> str:
   if config_path is None and "--config" in argv[:-1]:
     config_path = argv[argv.index("--config") + 1]
   overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-  try:
-    base = config_lib.config_from_file(config_path)
-  except Exception:  # pylint: disable=broad-except
-    return "unknown config key in " + " ".join(a for a in argv if a.startswith("--config."))
-  known = set(config_lib.all_keys(base))
-  for key in overrides:
-    if key not in known:
-      hint = config_lib.closest_key(base, key)
-      return f"unknown config key {key!r}" + (f"; did you mean {hint!r}?" if hint else "")
-  return "unknown config key"
+  message = config_lib.unknown_key_message(config_path, overrides) if config_path else None
+  return message or "unknown config key in " + " ".join(a for a in argv if a.startswith("--config."))
 
 
 def main():

@@ -20,6 +20,7 @@ from flax.training import train_state
 
 from safecomp import config as config_lib
 from safecomp import models
+from safecomp import parallel
 from safecomp import spec as spec_lib
 from safecomp import testbed
 from safecomp import tokenizers
@@ -146,16 +147,37 @@ class Pipeline:
         num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
         intermediate_size=m.intermediate_size, max_position_embeddings=m.max_position_embeddings,
         pad_token_id=tok.pad_id, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, heads=heads,
-        dtype=m.dtype, remat=m.remat)
+        dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
 
   def init_model(self, heads: tuple[str, ...], seed_offset: int) -> tuple[Any, Any]:
     """(model, params): from `model.init_from` when set, else freshly initialised (seeded)."""
     if self.config.model.init_from:
-      return models.load_pretrained(self.config.model.init_from, dtype=self.config.model.dtype,
-                                    heads=heads, tokenizer=self.tokenizer)
+      m = self.config.model
+      return models.load_pretrained(m.init_from, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
+                                    heads=heads, tokenizer=self.tokenizer, seed=self.config.seed + seed_offset)
     cfg = self.model_config(heads)
     params = models.init_params(cfg, jax.random.key(self.config.seed * 1000 + seed_offset))
     return models.Transformer(cfg), params
+
+  # -- devices -------------------------------------------------------------------------------------
+  @functools.cached_property
+  def mesh(self):
+    return parallel.make_mesh(self.config.mesh)
+
+  def sharded_training(self, step_fn: Callable, model, params: Any, tx, example_batch: dict,
+                       global_batch: int, batch_key: str):
+    """(state, sharded step, this host's batch rows) for a supervised stage on the config's mesh.
+
+    Parameters and optimizer state are split by the model's logical axes, batches over the data
+    axes; each host feeds only its rows of every global batch.
+    """
+    parallel.check_batch_size(global_batch, self.mesh, batch_key)
+    param_sh = parallel.param_shardings(model.config, self.mesh)
+    state, state_sh = parallel.init_sharded_state(lambda q: _new_state(q, tx), params, param_sh, self.mesh)
+    batch_sh = parallel.batch_shardings(example_batch, self.mesh)
+    step = parallel.shard_step(step_fn, self.mesh, parallel.DEFAULT_RULES, state_sh, batch_sh,
+                               global_batch=global_batch)
+    return state, step, parallel.host_rows(batch_sh["tokens"], global_batch)
 
   def checkpointer(self, stage: str) -> StageCheckpointer:
     return StageCheckpointer(self.workdir / stage, fingerprint=self.fingerprint,
@@ -256,13 +278,18 @@ def run_sft(p: Pipeline) -> dict:
   train = batching.conversations_to_arrays(p.tokenizer, train_conv, p.config.chat_template, c.max_seq_len, "SFT rows")
   held = batching.conversations_to_arrays(p.tokenizer, eval_conv, p.config.chat_template, c.max_seq_len, "SFT eval rows")
   model, params = p.init_model(("lm",), seed_offset=1)
-  state = _new_state(params, loop_lib.make_optimizer(c.sft, c.sft.steps))
+
+  def global_batch(step: int) -> dict:
+    index = batching.batch_indices(step, len(train_conv), c.sft.batch_size, c.seed)
+    return batching.trim_padding(batching.take(train, index), c.pad_multiple)
+
+  state, step_fn, rows = p.sharded_training(
+      sft_lib.sft_step_fn(model, c.sft.microbatches), model, params,
+      loop_lib.make_optimizer(c.sft, c.sft.steps), global_batch(0), c.sft.batch_size, "sft.batch_size")
   evaluate = sft_lib.make_sft_eval(model, held, c.sft.batch_size)
   writer = MetricWriter(p.workdir, "sft")
   state = loop_lib.run_loop(
-      state, sft_lib.make_sft_step(model),
-      lambda step: batching.trim_padding(batching.take(
-          train, batching.batch_indices(step, len(train_conv), c.sft.batch_size, c.seed)), c.pad_multiple),
+      state, step_fn, lambda step: {k: v[rows] for k, v in global_batch(step).items()},
       p.checkpointer("sft"), writer,
       loop_lib.LoopConfig(c.sft.steps, c.sft.log_every, c.sft.checkpoint_every,
                           c.max_consecutive_nonfinite, "sft"),
@@ -289,14 +316,19 @@ def run_rm(p: Pipeline) -> dict:
   sft_params = p.trained_params("sft", sft_init, "sft") if "sft" in c.stages else sft_init
   model, fresh = p.init_model(("severity", "helpfulness"), seed_offset=2)
   params = graft(fresh, sft_params)  # the reward model starts from the SFT trunk
-  state = _new_state(params, loop_lib.make_optimizer(c.rm, c.rm.steps))
   weights = {"severity": c.rm.severity_weight, "helpfulness": c.rm.helpfulness_weight}
-  writer = MetricWriter(p.workdir, "rm")
   n = len(train["tokens"])
+
+  def global_batch(step: int) -> dict:
+    index = batching.batch_indices(step, n, c.rm.batch_size, c.seed + 1)
+    return batching.trim_padding(batching.take(train, index), c.pad_multiple)
+
+  state, step_fn, rows = p.sharded_training(
+      rm_lib.rm_step_fn(model, weights, c.rm.helpfulness_loss, c.rm.microbatches), model, params,
+      loop_lib.make_optimizer(c.rm, c.rm.steps), global_batch(0), c.rm.batch_size, "rm.batch_size")
+  writer = MetricWriter(p.workdir, "rm")
   state = loop_lib.run_loop(
-      state, rm_lib.make_rm_step(model, weights, c.rm.helpfulness_loss),
-      lambda step: batching.trim_padding(batching.take(
-          train, batching.batch_indices(step, n, c.rm.batch_size, c.seed + 1)), c.pad_multiple),
+      state, step_fn, lambda step: {k: v[rows] for k, v in global_batch(step).items()},
       p.checkpointer("rm"), writer,
       loop_lib.LoopConfig(c.rm.steps, c.rm.log_every, c.rm.checkpoint_every, c.max_consecutive_nonfinite, "rm"))
   predictions = rm_lib.rm_predict(model, state.params, held, c.rm.batch_size, c.rm.helpfulness_loss)
@@ -327,6 +359,7 @@ STAGE_FNS: dict[str, Callable[[Pipeline], dict]] = {
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, dict]:
   """Runs every stage in `config.stages`, skipping those already complete; returns their summaries."""
   validate(config)
+  parallel.maybe_initialize_distributed(config)  # before any other JAX call touches devices
   p = Pipeline(config, workdir)
   text = config_lib.to_json(config)
   print(f"safecomp config (saved to {p.workdir / 'config.json'}):\n{config}", flush=True)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from safecomp import parallel
 from safecomp.constants import INTENT_INDEX, INTENTS, MODES
 
 REFUSAL_MODES = (MODES.index("refusal_redirect"), MODES.index("hard_refusal"))
@@ -108,9 +109,10 @@ def gold_metrics(graded: dict[str, np.ndarray], examples) -> dict[str, float]:
   return out
 
 
-def initial_state(p, policy_params) -> ppo_lib.RLTrainState:
+def initial_state(p, policy_params, tx=None) -> ppo_lib.RLTrainState:
   c = p.config
-  tx = loop_lib.make_optimizer(c.ppo, c.ppo.iterations * c.ppo.epochs * c.ppo.num_minibatches)
+  if tx is None:
+    tx = loop_lib.make_optimizer(c.ppo, c.ppo.iterations * c.ppo.epochs * c.ppo.num_minibatches)
   return ppo_lib.create_rl_state(policy_params, tx, ppo_config(c, p.tokenizer.eos_id))
 
 
@@ -163,7 +165,6 @@ def run_ppo(p) -> dict:
     rm_params = p.trained_params("rm", rm_init, "rm")
     rollout = rollout_lib.make_rollout(policy_model, rm_model, roll_cfg)
 
-    @jax.jit
     def fused_step(state, batch, ref_params, rm_params):
       roll_key, update_key = jax.random.split(jax.random.fold_in(base_key, batch["step"]))
       roll = rollout(state.params, ref_params, rm_params, batch["prompts"], batch["prompt_mask"],
@@ -174,9 +175,25 @@ def run_ppo(p) -> dict:
                      response_mask=roll["response_mask"], proxy_rewards=roll["scores"])
       return new_state, metrics
 
+    # Rollout and update as one step on the mesh: policy, reference and reward model split by
+    # their logical axes, prompts over the data axes (each host feeds its own rows).
+    parallel.check_batch_size(c.ppo.prompts_per_iteration, p.mesh, "ppo.prompts_per_iteration")
+    policy_sh = parallel.param_shardings(policy_model.config, p.mesh)
+    rm_sh = parallel.param_shardings(rm_model.config, p.mesh)
+    tx = state.tx  # one optimizer object: the state's tree structure must not change
+    state, state_sh = parallel.init_sharded_state(lambda q: initial_state(p, q, tx), policy_params, policy_sh,
+                                                  p.mesh)
+    ref_params, rm_params = parallel.place(ref_params, policy_sh), parallel.place(rm_params, rm_sh)
+    batch_sh = parallel.batch_shardings({k: v for k, v in batch_fn(0).items() if k != "index"}, p.mesh)
+    rows = parallel.host_rows(batch_sh["prompts"], c.ppo.prompts_per_iteration)
+    sharded_step = parallel.shard_step(fused_step, p.mesh, parallel.DEFAULT_RULES, state_sh, batch_sh,
+                                       extra_shardings=(policy_sh, rm_sh),
+                                       global_batch=c.ppo.prompts_per_iteration)
+
     def step_fn(state, batch):
       index = batch.pop("index")
-      state, metrics = fused_step(state, batch, ref_params, rm_params)
+      local = {k: v[rows] if np.ndim(v) else v for k, v in batch.items()}
+      state, metrics = sharded_step(state, local, ref_params, rm_params)
       return state, dict(metrics, prompt_index=index)
   else:
     sampler = functools.partial(jax.jit(rollout_lib.make_sampler(policy_model, roll_cfg)), ref_params=ref_params)

@@ -1,7 +1,6 @@
 """Reward-model stage: severity (4-way) and helpfulness heads on the transformer trunk."""
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -11,6 +10,7 @@ import optax
 from flax.training import train_state
 
 from safecomp.rewards import reward_model as rm_lib
+from safecomp.parallel.step import accumulate_gradients
 from safecomp.training import loop as loop_lib
 
 LABEL_KEYS = ("severity", "helpfulness", "pair_index", "pair_mask")
@@ -20,21 +20,28 @@ def rm_forward(model, params, batch) -> dict:
   return model.apply({"params": params}, batch["tokens"], attention_mask=batch["attention_mask"])
 
 
-def make_rm_step(model, weights: dict, helpfulness_kind: str):
-  """`step(state, batch) -> (state, metrics)` on the weighted severity/helpfulness(/preference) loss."""
+def rm_step_fn(model, weights: dict, helpfulness_kind: str, microbatches: int = 1):
+  """Pure `step(state, batch) -> (state, metrics)` on the weighted severity/helpfulness(/preference)
+  loss, with in-step gradient accumulation over `microbatches` equal micro-batches."""
 
   def loss_fn(params, batch):
     outputs = rm_forward(model, params, batch)
     labels = {k: batch[k] for k in LABEL_KEYS if k in batch}
     return rm_lib.rm_loss(outputs, labels, weights, helpfulness_kind=helpfulness_kind)
 
-  @functools.partial(jax.jit, donate_argnums=0)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
   def step(state: train_state.TrainState, batch):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    (loss, metrics), grads = accumulate_gradients(grad_fn, state.params, batch, microbatches)
     state, nonfinite = loop_lib.apply_if_finite(state, grads, loss)
     return state, dict(metrics, grad_norm=optax.global_norm(grads), nonfinite=nonfinite)
 
   return step
+
+
+def make_rm_step(model, weights: dict, helpfulness_kind: str, microbatches: int = 1):
+  """`rm_step_fn` jitted for one device (`safecomp.parallel.shard_step` shards it over a mesh)."""
+  return jax.jit(rm_step_fn(model, weights, helpfulness_kind, microbatches), donate_argnums=0)
 
 
 def rm_predict(model, params, arrays: dict[str, np.ndarray], batch_size: int,

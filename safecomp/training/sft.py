@@ -1,7 +1,6 @@
 """Supervised fine-tuning on prompt -> reasoning + answer, loss on the assistant tokens only."""
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import chex
@@ -11,6 +10,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from safecomp.parallel.step import accumulate_gradients
 from safecomp.training import loop as loop_lib
 
 
@@ -27,18 +27,26 @@ def sft_loss(model, params, batch: dict[str, jax.Array]) -> tuple[jax.Array, dic
   return loss, {"loss": loss, "token_accuracy": accuracy, "target_tokens": mask.sum()}
 
 
-def make_sft_step(model):
-  """`step(state, batch) -> (state, metrics)`: one guarded AdamW step on the SFT loss."""
+def sft_step_fn(model, microbatches: int = 1):
+  """Pure `step(state, batch) -> (state, metrics)`: one guarded AdamW step on the SFT loss.
 
-  @functools.partial(jax.jit, donate_argnums=0)
+  With `microbatches > 1` the gradient is accumulated over strided micro-batches inside the step,
+  weighted by their target tokens, so the update equals one pass over the whole batch.
+  """
+  grad_fn = jax.value_and_grad(lambda p, b: sft_loss(model, p, b), has_aux=True)
+
   def step(state: train_state.TrainState, batch):
-    (loss, metrics), grads = jax.value_and_grad(
-        lambda p: sft_loss(model, p, batch), has_aux=True)(state.params)
+    (loss, metrics), grads = accumulate_gradients(grad_fn, state.params, batch, microbatches,
+                                                  weight_key="target_tokens")
     state, nonfinite = loop_lib.apply_if_finite(state, grads, loss)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads), nonfinite=nonfinite)
-    return state, metrics
+    return state, dict(metrics, grad_norm=optax.global_norm(grads), nonfinite=nonfinite)
 
   return step
+
+
+def make_sft_step(model, microbatches: int = 1):
+  """`sft_step_fn` jitted for one device (`safecomp.parallel.shard_step` shards it over a mesh)."""
+  return jax.jit(sft_step_fn(model, microbatches), donate_argnums=0)
 
 
 def make_sft_eval(model, arrays: dict[str, np.ndarray], batch_size: int):
