@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sft = ml_collections.ConfigDict()
   c.sft.train_file = ""  # JSONL of {messages, kept} (safecomp.datagen output); "" = the testbed teacher
   c.sft.holdout_fraction = 0.05  # of train_file, for the eval loss
-  c.sft.steps = 300
+  c.sft.steps = 500
   c.sft.batch_size = 32
   c.sft.learning_rate = 3e-3
   c.sft.warmup_steps = 30
@@ -69,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rm = ml_collections.ConfigDict()
   c.rm.train_file = ""  # JSONL of {prompt, completion, severity, helpfulness}; "" = testbed gold labels
   c.rm.holdout_fraction = 0.1
-  c.rm.steps = 250
+  c.rm.steps = 400
   c.rm.batch_size = 32
   c.rm.learning_rate = 1e-3
   c.rm.warmup_steps = 20
@@ -79,7 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rm.helpfulness_loss = "bce"
   c.rm.severity_weight = 1.0
   c.rm.helpfulness_weight = 1.0
-  c.rm.checkpoint_every = 125
+  c.rm.checkpoint_every = 200
   c.rm.log_every = 20
 
   c.reward = ml_collections.ConfigDict()
@@ -110,7 +110,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ppo.adaptive_kl_target = 0.0  # > 0 turns the adaptive controller on
   c.ppo.adaptive_kl_horizon = 10000
   c.ppo.whiten_advantages = True
-  c.ppo.eos_penalty = -1.0
+  c.ppo.eos_penalty = 1.0  # subtracted from r when a response never emits EOS
   c.ppo.grad_clip = 1.0
   c.ppo.checkpoint_every = 20
   c.ppo.log_every = 1

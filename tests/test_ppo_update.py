@@ -267,3 +267,9 @@ def test_bad_config_and_rollout_raise():
   with pytest.raises(SafecompError, match="scores"):
     rl.ppo_update(state, {**rollout, "scores": jnp.zeros(5)}, forward_fn, rl.PPOConfig(),
                   jax.random.key(0))
+
+
+def test_negative_eos_penalty_is_refused():
+  # The penalty is subtracted: a negative value would reward responses that never stop.
+  with pytest.raises(Exception, match="eos_penalty"):
+    rl.PPOConfig(eos_penalty=-1.0, eos_id=2)

@@ -108,6 +108,8 @@ class PPOConfig:
       bad("lam", "must be in [0, 1]")
     if self.algorithm != "ppo" and self.group_size < 2:
       bad("group_size", f"{self.algorithm} needs at least 2 samples per prompt")
+    if self.eos_penalty < 0:  # a negative penalty would pay the policy for never stopping
+      bad("eos_penalty", f"is subtracted from the score, so it must be >= 0 (got {self.eos_penalty})")
     if self.eos_penalty and self.eos_id is None:
       bad("eos_id", "needed when eos_penalty != 0")
 

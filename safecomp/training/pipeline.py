@@ -60,6 +60,8 @@ def validate(config: ml_collections.ConfigDict):
                      "ppo.group_size", "must divide ppo.prompts_per_iteration")
   config_lib.require(config.ppo.max_new_tokens + config.max_prompt_len <= config.max_seq_len,
                      "ppo.max_new_tokens", "max_prompt_len + max_new_tokens must fit in max_seq_len")
+  config_lib.require(config.ppo.eos_penalty >= 0, "ppo.eos_penalty",
+                     "is subtracted from the reward of responses without EOS, so it must be >= 0")
   config_lib.require(0.0 <= config.testbed.teacher_error_rate <= 1.0, "testbed.teacher_error_rate",
                      "must lie in [0, 1]")
   config_lib.require(config.reward.grader in ("rm", "oracle"), "reward.grader", "must be 'rm' or 'oracle'")

@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks (`python benchmarks/run.py`; see BENCHMARKS.md)."""

@@ -1,0 +1,53 @@
+"""`benchmarks/run.py` runs end to end at the tiniest sizes (`--smoke`); timings are not checked."""
+import pytest
+
+from benchmarks import ppo as ppo_bench
+from benchmarks import run
+
+
+def test_sft_and_scaling_sections_print_their_tables():
+  report = run.main(["--smoke", "--sections", "sft,scaling"])
+  assert "## Dense-matmul peak" in report
+  assert "| float32 64x64 @ 64x64 |" in report
+  assert "## SFT step" in report and "MFU" in report
+  assert "## SFT step time vs sequence length and batch size" in report
+  assert "skipped (token cap)" in report
+  assert "## Run" in report and "| sft |" in report and "| scaling |" in report
+
+
+def test_generate_section_compares_with_hugging_face():
+  report = run.main(["--smoke", "--sections", "generate", "--torch-threads", "1"])
+  assert "safecomp / HF" in report
+  row = next(line for line in report.splitlines() if line.startswith("| 2 | 4 + 3 |"))
+  assert "n/a" not in row
+
+
+def test_ppo_section_runs_safecomp_and_the_pytorch_loop():
+  report = run.main(["--smoke", "--sections", "ppo", "--ppo-baselines", "torch",
+                     "--torch-threads", "1"])
+  assert "## One PPO iteration" in report
+  rows = [line for line in report.splitlines() if line.startswith(("| safecomp", "| plain"))]
+  assert len(rows) == 2
+  for row in rows:
+    seconds_per_iteration = row.split("|")[2].strip()
+    assert seconds_per_iteration != "n/a", row
+
+
+@pytest.mark.skipif(ppo_bench.trl_unavailable_reason() is not None,
+                    reason="optional: TRL with trl.experimental.ppo is not installed")
+def test_trl_baseline_runs():
+  c = run.demo_config(run.SMOKE.ppo_overrides)
+  prompts, _ = ppo_bench.random_prompts(c.ppo.prompts_per_iteration, c.max_prompt_len,
+                                        run.SMOKE.ppo_vocab)
+  side = ppo_bench.trl_iteration(c, run.SMOKE.ppo_vocab, prompts, iterations=2, torch_threads=1)
+  assert side.error is None, side.error
+  assert len(side.timing.times) == 1
+
+
+def test_bad_arguments_are_rejected():
+  with pytest.raises(SystemExit):
+    run.parse_args(["--sections", "sft,nope"])
+  with pytest.raises(SystemExit):
+    run.parse_args(["--ppo-baselines", "deepspeed"])
+  with pytest.raises(SystemExit):
+    run.parse_args(["--quick", "--smoke"])
