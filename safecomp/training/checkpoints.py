@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pathlib
+import time
 from typing import Any
 
 import jax
@@ -80,12 +81,13 @@ class StageCheckpointer:
     candidates = [step] if step is not None else list(reversed(self.steps()))
     if not candidates:
       raise CheckpointError(f"no checkpoint in {self.directory}")
-    errors = []
+    errors, unreadable = [], []
     for candidate in candidates:
       try:
         meta = self._manager.restore(candidate, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
       except Exception as e:  # pylint: disable=broad-except
         errors.append(f"step {candidate}: {type(e).__name__}: {e}")
+        unreadable.append(candidate)
         logging.warning("checkpoint %s/%s unreadable, trying an older one: %s", self.directory, candidate, e)
         continue
       self._check_fingerprint(meta, candidate)
@@ -97,24 +99,69 @@ class StageCheckpointer:
           raise CheckpointError(
               f"{self.directory}/{candidate}: checkpoint does not match the model: {e}") from None
         errors.append(f"step {candidate}: {type(e).__name__}: {e}")
+        unreadable.append(candidate)
         continue
       except Exception as e:  # pylint: disable=broad-except
         errors.append(f"step {candidate}: {type(e).__name__}: {e}")
+        unreadable.append(candidate)
         logging.warning("checkpoint %s/%s unreadable, trying an older one: %s", self.directory, candidate, e)
         continue
+      if step is None:
+        self._set_aside(unreadable)
       return restored["state"], meta
-    raise CheckpointError(f"no readable checkpoint in {self.directory}: " + "; ".join(errors))
+    raise CheckpointError(f"no readable checkpoint in {self.directory}: " + "; ".join(errors)
+                          + f". Delete {self.directory} to run the stage again from the start.")
+
+  def _set_aside(self, steps: list[int]):
+    """Moves unreadable step directories to `unreadable.<step>.<time>/`.
+
+    Training goes on from the older step it restored and saves those steps again; orbax never
+    overwrites a step, and a torn directory must not count as the newest checkpoint. The torn files
+    are kept for inspection, under a name orbax does not read as a step. With several processes the
+    first one moves them and the others wait for it.
+    """
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      stamp = time.strftime("%Y%m%d-%H%M%S")
+      for step in steps:
+        path = self.directory / str(step)
+        if path.is_dir():
+          target = self.directory / f"unreadable.{step}.{stamp}"
+          os.replace(path, target)
+          logging.warning("moved unreadable checkpoint %s to %s", path, target)
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes("safecomp_set_aside_unreadable_checkpoints")
+    self._manager.reload()
 
   def _check_fingerprint(self, meta: dict, step: int):
     stored = meta.get("fingerprint", {})
     for key, value in self.fingerprint.items():
-      if key in stored and stored[key] != value:
+      found = first_difference(key, stored[key], value) if key in stored else None
+      if found is not None:
+        key, old, new = found
         raise CheckpointError(
-            f"{self.directory}/{step} was written with a different config: {key}={stored[key]!r}, "
-            f"this run has {key}={value!r}. Use another --workdir or restore the old config.")
+            f"{self.directory}/{step} was written with a different config: {key}={old!r}, "
+            f"this run has {key}={new!r}. Use another --workdir or restore the old config.")
 
   def close(self):
     self._manager.close()
+
+
+def first_difference(key: str, old: Any, new: Any) -> tuple[str, Any, Any] | None:
+  """The dotted key of the first leaf where two config values differ (`model.hidden_size`, 32, 48).
+
+  Keys the older record lacks are not differences: a config key added later (with its default)
+  must not orphan every earlier checkpoint. None when nothing differs.
+  """
+  if isinstance(old, dict) and isinstance(new, dict):
+    for name in sorted(set(old) | set(new)):
+      if name in old and old.get(name) != new.get(name):
+        found = first_difference(f"{key}.{name}", old.get(name), new.get(name))
+        if found is not None:
+          return found
+    return None
+  return None if old == new else (key, old, new)
 
 
 def abstract_like(tree: Any) -> Any:

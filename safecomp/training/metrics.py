@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import sys
 from typing import Any, Mapping
@@ -16,9 +17,9 @@ def _scalar(value: Any) -> float | None:
     array = np.asarray(value)
   except Exception:  # pylint: disable=broad-except
     return None
-  if array.size != 1 or not np.issubdtype(array.dtype, np.number):
+  if array.size != 1 or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
     return None
-  return float(array.reshape(()))
+  return float(array.reshape(()))  # flags such as `nonfinite` are logged as 0/1
 
 
 class MetricWriter:
@@ -35,7 +36,9 @@ class MetricWriter:
   def truncate_after(self, step: int):
     """Drops rows past `step` (written by a run that died before its next checkpoint)."""
     rows = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
-    self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp = self.path.with_name(self.path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, self.path)
 
   def write(self, step: int, metrics: Mapping[str, Any]):
     row = {"step": int(step)}
@@ -56,10 +59,19 @@ class MetricWriter:
 
 
 def read_metrics(path: str | pathlib.Path) -> list[dict]:
+  """The rows of a metrics JSONL file; a torn last line (a run killed mid-write) is ignored."""
   path = pathlib.Path(path)
   if not path.is_file():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  numbered = [(i + 1, line) for i, line in enumerate(path.read_text().splitlines()) if line.strip()]
+  rows = []
+  for k, (number, line) in enumerate(numbered):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      if k < len(numbered) - 1:
+        raise ValueError(f"{path}:{number}: corrupt metrics row") from None
+  return rows
 
 
 def progress(total: int, desc: str, initial: int = 0, **kwargs) -> tqdm.tqdm:
