@@ -1,0 +1,367 @@
+"""Shared by the experiment configs and drivers (not a config itself).
+
+- `SCALES`: the training budgets of the experiments (`tiny`, `default`, `large`), as overrides of
+  `configs/demo.py`.
+- `experiment_config(arg, changes)`: `configs/demo.py`'s `get_config` with a scale and changes applied;
+  what every experiment config file's `get_config(arg)` returns.
+- `run_grid`: trains a list of (name, seed, config) runs with `safecomp.training.pipeline.run`, each in
+  its own workdir, skipping finished ones (rerunning resumes).
+- `load_records` / `pool`: the eval stage's graded completions of every run, pooled across seeds with
+  prompt ids made unique per seed.
+- `write_tables`: per-intent summaries with intervals, paired comparisons, the per-seed spread,
+  Markdown/JSON/PNG reports.
+
+Loaded by path (`experiments/` is not a package): see `load_common` in the drivers and configs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+DEMO = REPO / "configs" / "demo.py"
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+
+# Training budgets. `default` is the demo's budget cut to 200 SFT steps, 150 reward-model steps, 40 PPO
+# iterations and 200 eval prompts per split, so that the controlled experiment (6 runs) fits a 2-core
+# CPU: measured 6.5-16 minutes per run, 65 minutes for all six, on such a CPU shared with other jobs.
+SCALES: dict[str, dict[str, Any]] = {
+    "tiny": {"demo": "size=tiny", "overrides": {}},
+    "default": {"demo": "", "overrides": {
+        "sft.steps": 200, "sft.warmup_steps": 20, "rm.steps": 150, "rm.checkpoint_every": 75,
+        "ppo.iterations": 40, "eval.n_per_split": 200}},
+    "large": {"demo": "", "overrides": {
+        "model.hidden_size": 256, "model.num_layers": 4, "model.num_heads": 8, "model.num_kv_heads": 4,
+        "model.head_dim": 32, "model.intermediate_size": 768, "testbed.n_sft": 6000, "testbed.n_rm": 4000,
+        "sft.steps": 800, "sft.warmup_steps": 60, "sft.checkpoint_every": 200, "sft.eval_every": 200,
+        "rm.steps": 500, "rm.checkpoint_every": 250, "ppo.iterations": 150, "ppo.checkpoint_every": 50,
+        "eval.n_per_split": 500}},
+}
+# Paired metrics of every comparison (see safecomp.eval.stats.PAIRED_METRICS).
+PAIRED_METRICS = ("safe", "helpfulness", "helpfulness_given_safe", "over_refusal", "gold_reward")
+
+
+def parse_options(arg: str | None, allowed: Sequence[str], source: str) -> dict[str, str]:
+  """`k=v,k=v` options of a config file argument; an unknown key is an error naming the file."""
+  from safecomp.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  options = {}
+  for item in (arg or "").split(","):
+    if not item.strip():
+      continue
+    if "=" not in item:
+      raise ConfigError(f"{source}: option {item!r} must look like key=value")
+    key, value = (s.strip() for s in item.split("=", 1))
+    if key not in allowed:
+      raise ConfigError(f"{source}: unknown option {key!r}; expected one of {list(allowed)}")
+    options[key] = value
+  if options.get("size") == "tiny":  # the demo's spelling
+    options.setdefault("scale", "tiny")
+  options.pop("size", None)
+  return options
+
+
+def set_key(config, key: str, value: Any, source: str):
+  """`config[a][b] = value` for `key` = "a.b"; an unknown key is an error naming it."""
+  from safecomp import config as config_lib  # pylint: disable=import-outside-toplevel
+  from safecomp.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  *parents, leaf = key.split(".")
+  node = config
+  for part in parents:
+    node = node.get(part) if hasattr(node, "get") else None
+    if node is None:
+      break
+  if node is None or leaf not in node:
+    hint = config_lib.closest_key(config, key)
+    raise ConfigError(f"{source}: unknown config key {key!r}" + (f"; did you mean {hint!r}?" if hint else ""))
+  node[leaf] = value
+
+
+def experiment_config(arm: str = "safe_completion", scale: str = "default",
+                      changes: Mapping[str, Any] | None = None, source: str = "experiment config"):
+  """`configs/demo.py` for `arm` at `scale`, with `changes` ({"a.b": value}) applied."""
+  from safecomp import config as config_lib  # pylint: disable=import-outside-toplevel
+  from safecomp.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  if scale not in SCALES:
+    raise ConfigError(f"{source}: unknown scale {scale!r}; expected one of {list(SCALES)}")
+  if arm not in ("safe_completion", "refusal"):
+    raise ConfigError(f"{source}: unknown arm {arm!r}; expected 'safe_completion' or 'refusal'")
+  demo_arg = ",".join(x for x in (f"arm={arm}", SCALES[scale]["demo"]) if x)
+  config = config_lib.config_from_file(f"{DEMO}:{demo_arg}")
+  for key, value in {**SCALES[scale]["overrides"], **(changes or {})}.items():
+    set_key(config, key, value, source)
+  if arm == "refusal":
+    # The refusal reward reads the prompt's intent label on the host; no reward model is trained.
+    config.stages = tuple(s for s in config.stages if s != "rm")
+  return config
+
+
+def variant_config(source: str, arg: str | None, variants: Sequence[str], baseline: str,
+                   changes: Callable[[str, str], Mapping[str, Any]]):
+  """What an ablation config file's `get_config(arg)` returns: options `variant=...` (default
+  `baseline`) and `scale=tiny|default|large`; `changes(variant, scale)` gives the config keys to set
+  (`arm` picks the demo's arm)."""
+  from safecomp.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  options = parse_options(arg, ("variant", "scale", "size"), source)
+  variant, scale = options.get("variant", baseline), options.get("scale", "default")
+  if variant not in variants:
+    raise ConfigError(f"{source}: unknown variant {variant!r}; expected one of {list(variants)}")
+  if scale not in SCALES:
+    raise ConfigError(f"{source}: unknown scale {scale!r}; expected one of {list(SCALES)}")
+  keys = dict(changes(variant, scale))
+  arm = keys.pop("arm", "safe_completion")
+  return experiment_config(arm, scale, keys, source)
+
+
+# -- running ------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Run:
+  """One training run: its group name (arm or variant), seed, config and workdir."""
+  name: str
+  seed: int
+  config: Any
+  workdir: pathlib.Path
+
+
+def parse_seeds(text: str) -> list[int]:
+  try:
+    seeds = [int(s) for s in text.split(",") if s.strip()]
+  except ValueError:
+    raise SystemExit(f"--seeds: expected comma-separated integers, got {text!r}") from None
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise SystemExit(f"--seeds: expected distinct integers, got {text!r}")
+  return seeds
+
+
+def enable_compile_cache(path: str | pathlib.Path | None):
+  """Persistent XLA compilation cache, so runs that differ only in seed reuse compiled programs."""
+  if not path:
+    return
+  import jax  # pylint: disable=import-outside-toplevel
+  if not jax.config.jax_compilation_cache_dir:
+    pathlib.Path(path).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def check_out_dir(out: pathlib.Path, identity: dict):
+  """Refuses an output folder that holds an experiment with another scale / experiment name."""
+  path = out / "experiment.json"
+  if path.is_file():
+    previous = json.loads(path.read_text())
+    for key in ("experiment", "scale"):
+      if previous.get(key) != identity.get(key):
+        raise SystemExit(f"{out} holds a {previous.get('experiment')} run at scale {previous.get('scale')!r}; "
+                         f"use another --out for {identity.get('experiment')} at scale {identity.get('scale')!r}")
+  out.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(identity, indent=1) + "\n")
+
+
+def finished(run: Run) -> bool:
+  from safecomp import config as config_lib  # pylint: disable=import-outside-toplevel
+  saved = run.workdir / "config.json"
+  return ((run.workdir / "eval" / "DONE.json").is_file() and saved.is_file()
+          and json.loads(saved.read_text()) == json.loads(config_lib.to_json(run.config)))
+
+
+def run_grid(runs: Sequence[Run], log: Callable[[str], None] = print) -> dict[str, float]:
+  """Trains every run not finished yet (each stage resumes from its checkpoint); returns seconds."""
+  from safecomp.errors import SafecompError  # pylint: disable=import-outside-toplevel
+  from safecomp.training import pipeline  # pylint: disable=import-outside-toplevel
+  seconds = {}
+  for i, run in enumerate(runs, start=1):
+    label = f"{run.name} seed {run.seed}"
+    if finished(run):
+      log(f"[{i}/{len(runs)}] {label}: finished in {run.workdir}; skipping")
+      continue
+    log(f"[{i}/{len(runs)}] {label}: training in {run.workdir}")
+    start = time.time()
+    try:
+      pipeline.run(run.config, run.workdir)
+    except SafecompError as e:
+      raise SystemExit(f"{label} ({run.workdir}): {e}\nIf the code or config changed since this run was "
+                       "trained, use another --out, or --report-only to tabulate the finished runs") from None
+    seconds[f"{run.name}/seed{run.seed}"] = round(time.time() - start, 1)
+    log(f"[{i}/{len(runs)}] {label}: done in {seconds[f'{run.name}/seed{run.seed}']:.0f}s")
+  return seconds
+
+
+def finished_only(runs: Sequence[Run], log: Callable[[str], None] = print) -> list[Run]:
+  """For --report-only: the runs of every seed whose runs all finished their eval stage (whatever config
+  they were trained with), so that the groups compared answer the same prompts."""
+  done = {id(r) for r in runs if (r.workdir / "eval" / "DONE.json").is_file()}
+  complete_seeds = {r.seed for r in runs} - {r.seed for r in runs if id(r) not in done}
+  for r in runs:
+    if id(r) not in done:
+      log(f"{r.name} seed {r.seed}: not finished in {r.workdir}; seed {r.seed} is left out of the tables")
+  kept = [r for r in runs if r.seed in complete_seeds]
+  if not kept:
+    raise SystemExit("no seed has all its runs finished; nothing to tabulate")
+  return kept
+
+
+# -- pooling and tables -------------------------------------------------------------------------------
+def _score4(h: float) -> int:
+  """Helpfulness in [0, 1] on the rubric's 1-4 scale (the oracle's `helpfulness_score` mapping)."""
+  return 1 + int(round(3 * min(1.0, max(0.0, float(h)))))
+
+
+def load_records(run: Run, stage: str) -> list[dict]:
+  """The eval stage's graded completions of `stage` (sft / ppo), prompt ids unique per seed."""
+  path = run.workdir / "eval" / f"{stage}_completions.jsonl"
+  if not path.is_file():
+    raise SystemExit(f"{path} not found: the eval stage of {run.workdir} did not write {stage} completions")
+  records = []
+  for line in path.read_text(encoding="utf-8").splitlines():
+    if not line.strip():
+      continue
+    r = json.loads(line)
+    r["prompt_id"] = f"s{run.seed}/{r['prompt_id']}"
+    r["seed"] = run.seed
+    r["model"] = f"{run.name}/{stage}"
+    r.setdefault("helpfulness_1to4", _score4(r["helpfulness"]))
+    records.append(r)
+  return records
+
+
+def pool(runs: Sequence[Run], stages: Sequence[str]) -> dict[str, list[dict]]:
+  """{"<name>/<stage>": records of every seed of that name}, in the order of `runs`."""
+  pooled: dict[str, list[dict]] = {}
+  for run in runs:
+    for stage in stages:
+      if stage == "ppo" and "ppo" not in tuple(run.config.stages):
+        continue
+      pooled.setdefault(f"{run.name}/{stage}", []).extend(load_records(run, stage))
+  return pooled
+
+
+def _fmt(est: Mapping[str, Any] | None, digits: int = 3) -> str:
+  """`value ± se [lo, hi]` (standard error, 95% interval), or an em dash when undefined."""
+  from safecomp.eval.report import format_estimate  # pylint: disable=import-outside-toplevel
+  text = format_estimate(est, digits)
+  se = (est or {}).get("se")
+  if text == "—" or se is None or (isinstance(se, float) and math.isnan(se)):
+    return text
+  value, _, interval = text.partition(" ")
+  return f"{value} ± {se:.{digits}f} {interval}".rstrip()
+
+
+def _p(p: Any) -> str:
+  if p is None or (isinstance(p, float) and math.isnan(p)):
+    return "—"
+  return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
+
+
+def intent_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
+  """Markdown: one row per model and intent; each figure with its 95% interval."""
+  from safecomp.constants import INTENTS, MODES  # pylint: disable=import-outside-toplevel
+  head = ["model", "intent", "n", "safety rate", "helpfulness given safe (0-1)", "helpfulness given safe (1-4)",
+          "over-refusal (benign)", "gold reward", "modes % (direct/safe-compl./redirect/hard)"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for model, s in summaries.items():
+    for label in list(INTENTS) + ["overall"]:
+      g = s["overall"] if label == "overall" else s["groups"].get(label)
+      if not g or not g["n"]:
+        continue
+      modes = g.get("modes") or {}
+      mode_text = "/".join(f"{100 * (modes.get(m) or {}).get('value', float('nan')):.0f}" for m in MODES)
+      over = _fmt(g.get("over_refusal_rate")) if label in ("benign", "overall") else "—"
+      lines.append(f"| {model} | {label} | {g['n']} | {_fmt(g['safety_rate'])} | "
+                   f"{_fmt(g['helpfulness_given_safe'])} | {_fmt(g.get('helpfulness_1to4_given_safe'))} | "
+                   f"{over} | {_fmt(g.get('gold_reward'))} | {mode_text} |")
+  return "\n".join(lines)
+
+
+def comparison_table(comparisons: Sequence[Mapping[str, Any]]) -> str:
+  """Markdown: paired differences (a - b) per intent and overall, with interval and p-value."""
+  lines = ["| metric | a − b | group | pairs | a | b | difference [95% CI] | p |", "|---|---|---|---|---|---|---|---|"]
+  for comp in comparisons:
+    a, b = comp["models"]
+    for label, g in list(comp["groups"].items()) + [("overall", comp["overall"])]:
+      if not g["n"]:
+        continue
+      lines.append(f"| {comp['metric']} | {a} − {b} | {label} | {g['n']} | {g['mean_a']:.3f} | "
+                   f"{g['mean_b']:.3f} | {_fmt(g['diff'])} | {_p(g['p_value'])} |")
+  return "\n".join(lines)
+
+
+def seed_table(pooled: Mapping[str, Sequence[Mapping[str, Any]]]) -> tuple[str, dict]:
+  """Markdown: per-seed means and their across-seed mean ± sd (the spread between training runs)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  metrics = (("safety rate", lambda r: float(not r["unsafe"]), None),
+             ("helpfulness given safe", lambda r: r["helpfulness"], lambda r: not r["unsafe"]),
+             ("over-refusal (benign)", lambda r: float(r.get("mode") in ("refusal_redirect", "hard_refusal")),
+              lambda r: r["intent"] == "benign"),
+             ("gold reward", lambda r: r.get("gold_reward", float("nan")), None))
+  head = ["model", "seeds"] + [m[0] for m in metrics]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  out = {}
+  for model, records in pooled.items():
+    seeds = sorted({r["seed"] for r in records})
+    cells, out[model] = [], {}
+    for name, value, keep in metrics:
+      per_seed = []
+      for seed in seeds:
+        vals = [value(r) for r in records if r["seed"] == seed and (keep is None or keep(r))]
+        per_seed.append(float(np.nanmean(vals)) if vals else float("nan"))
+      arr = np.asarray(per_seed)
+      sd = float(np.nanstd(arr, ddof=1)) if np.sum(~np.isnan(arr)) > 1 else float("nan")
+      out[model][name] = {"per_seed": dict(zip(seeds, per_seed)), "mean": float(np.nanmean(arr)), "sd": sd}
+      cells.append(f"{np.nanmean(arr):.3f} ± {sd:.3f} (" + ", ".join(f"{v:.3f}" for v in per_seed) + ")")
+    lines.append(f"| {model} | {','.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+  return "\n".join(lines), out
+
+
+def summarize_pooled(pooled: Mapping[str, Sequence[Mapping[str, Any]]], n_boot: int, by: str = "intent"
+                     ) -> dict[str, dict]:
+  from safecomp.eval import stats  # pylint: disable=import-outside-toplevel
+  return {model: stats.summarize(records, by=by, n_boot=n_boot, seed=0, source=f"{model} records")
+          for model, records in pooled.items()}
+
+
+def paired(pooled: Mapping[str, Sequence[Mapping[str, Any]]], pairs: Sequence[tuple[str, str]], n_boot: int,
+           metrics: Sequence[str] = PAIRED_METRICS) -> list[dict]:
+  from safecomp.eval import stats  # pylint: disable=import-outside-toplevel
+  return [stats.paired_comparison(pooled[a], pooled[b], metric, by="intent", names=(a, b), n_boot=n_boot,
+                                  seed=0)
+          for a, b in pairs if a in pooled and b in pooled for metric in metrics]
+
+
+def write_tables(out: pathlib.Path, title: str, command: str, pooled: Mapping[str, Sequence[dict]],
+                 pairs: Sequence[tuple[str, str]], n_boot: int, notes: Sequence[str] = (),
+                 extra_sections: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+  """Writes `out/report/` (eval.json, eval.md, plots) and `out/results.{md,json}`; returns the latter."""
+  from safecomp.eval import report as report_lib  # pylint: disable=import-outside-toplevel
+  summaries = summarize_pooled(pooled, n_boot)
+  comparisons = paired(pooled, pairs, n_boot)
+  paths = report_lib.write_report(summaries, out / "report", comparisons=comparisons, title=title)
+  seeds_md, seeds_json = seed_table(pooled)
+  parts = [f"# {title}", "", "```bash", command, "```", ""] + list(notes) + [
+      "", "## By prompt intent (seeds pooled)", "",
+      "Each figure: value ± standard error [95% interval: Wilson for rates, percentile bootstrap for "
+      "means]. Rates' bootstrap intervals are in `report/eval.json` (`boot_lo`, `boot_hi`).", "",
+      intent_table(summaries), "",
+      "## Paired differences on the same prompts (a − b; paired bootstrap interval, sign-flip p-value)", "",
+      comparison_table(comparisons), "",
+      "## Per seed (mean ± sd over seeds; per-seed values in brackets)", "", seeds_md]
+  for heading, body in extra_sections:
+    parts += ["", f"## {heading}", "", body]
+  parts += ["", "Full report with every distribution and plot: `report/eval.md`; plots: "
+            + ", ".join(f"`report/{p.name}`" for p in paths["plots"]) + "."]
+  text = "\n".join(parts) + "\n"
+  (out / "results.md").write_text(text, encoding="utf-8")
+  result = {"title": title, "command": command, "summaries": summaries, "comparisons": comparisons,
+            "per_seed": seeds_json, "report": str(paths["md"]), "plots": [str(p) for p in paths["plots"]]}
+  (out / "results.json").write_text(json.dumps(report_lib.to_jsonable(result), indent=1) + "\n", encoding="utf-8")
+  return {"markdown": text, **result}
+
+
+def command_line() -> str:
+  return " ".join(["python", os.path.relpath(sys.argv[0], REPO) if sys.argv and sys.argv[0] else "run.py"]
+                  + sys.argv[1:])

@@ -1,0 +1,34 @@
+"""Ablation: whether the policy writes spec-citing reasoning (`<think> ... </think>`) before answering.
+
+    python -m safecomp.train --config experiments/ablations/reasoning.py:variant=off --workdir DIR
+    python experiments/ablations/run.py --ablation reasoning --out DIR [--seeds 0,1,2] [--scale tiny]
+
+Variants set `reasoning`: `on` (True, the default and the baseline) and `off` (the SFT targets and
+reward-model candidates carry the answer alone). Everything else is the safe-completion arm of
+`configs/demo.py` at the experiment budget (`scale=default|tiny|large`, see `common.SCALES`).
+"""
+import importlib.util
+import pathlib
+import sys
+
+VARIANTS = ("on", "off")
+BASELINE = "on"
+ANALYSIS = "intent"
+
+
+def _common():
+  name = "safecomp_experiments_common"
+  if name not in sys.modules:
+    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name("common.py"))
+    sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules[name])
+  return sys.modules[name]
+
+
+def changes(variant: str, scale: str) -> dict:
+  del scale
+  return {"reasoning": variant == "on"}
+
+
+def get_config(arg: str | None = None):
+  return _common().variant_config(__file__, arg, VARIANTS, BASELINE, changes)

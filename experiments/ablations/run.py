@@ -1,0 +1,240 @@
+"""Runs one ablation: every variant of its config file, for every seed, and writes the comparison.
+
+    python experiments/ablations/run.py --ablation NAME --out DIR [--seeds 0,1,2] [--scale default|tiny|large]
+        [--variants a,b]
+
+Ablations (each a config file here, runnable alone with
+`python -m safecomp.train --config experiments/ablations/NAME.py:variant=V --workdir DIR`):
+
+  reward_form       reward.kind: product (r = h x s), sum, min, safety_only, helpfulness_only
+  spec_granularity  spec: safe_completion_fine vs safe_completion_coarse
+  reasoning         reasoning: on vs off
+  multiturn         unsafe rate on multi-turn attacks vs single-turn prompts, for both training arms
+  long_training     5x the PPO iterations: response length, modes, benign helpfulness over PPO steps
+
+Runs go to `DIR/runs/<variant>-seed<seed>/` (finished runs are skipped, unfinished ones resume). The
+PPO policies' gold-graded eval completions are pooled across seeds per variant and written as
+`DIR/results.md` / `results.json` (per-intent table with 95% intervals, paired differences of each
+variant against the baseline variant on the same prompts, per-seed spread) and `DIR/report/` (full
+report and plots). `multiturn` adds the single- vs multi-turn unsafe rates; `long_training` adds
+curves over PPO iterations in `DIR/curves/`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import pathlib
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+ABLATIONS = ("reward_form", "spec_granularity", "reasoning", "multiturn", "long_training")
+
+
+def _load(name: str, path: pathlib.Path):
+  if name not in sys.modules:
+    spec = importlib.util.spec_from_file_location(name, path)
+    sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules[name])
+  return sys.modules[name]
+
+
+common = _load("safecomp_experiments_common", HERE / "common.py")
+
+
+def ablation_module(name: str):
+  if name not in ABLATIONS:
+    raise SystemExit(f"--ablation: unknown ablation {name!r}; expected one of {list(ABLATIONS)}")
+  return _load(f"safecomp_experiments_ablation_{name}", HERE / f"{name}.py")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+  parser.add_argument("--ablation", required=True, choices=ABLATIONS)
+  parser.add_argument("--out", required=True, help="output folder (runs, tables, plots)")
+  parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (config key `seed`)")
+  parser.add_argument("--scale", default="default", choices=tuple(common.SCALES))
+  parser.add_argument("--variants", default=None,
+                      help="comma-separated subset of the variants (default all; the baseline comes first)")
+  parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+  parser.add_argument("--report-only", action="store_true",
+                      help="train nothing: tabulate the runs whose eval stage finished")
+  parser.add_argument("--compile-cache", default=None,
+                      help="persistent XLA compilation cache (default DIR/jax_cache; '' turns it off)")
+  return parser.parse_args(argv)
+
+
+def make_runs(module, out: pathlib.Path, seeds, scale: str, variants) -> list:
+  runs = []
+  for seed in seeds:
+    for variant in variants:
+      config = module.get_config(f"variant={variant},scale={scale}")
+      config.seed = seed
+      runs.append(common.Run(variant, seed, config, out / "runs" / f"{variant}-seed{seed}"))
+  return runs
+
+
+# -- multi-turn attacks ---------------------------------------------------------------------------------
+def _unsafe(g: dict) -> tuple[float, float, float]:
+  """Unsafe rate with its Wilson bounds, from a group's safety-rate estimate."""
+  est = g["safety_rate"]
+  return 1 - est["value"], 1 - est["hi"], 1 - est["lo"]
+
+
+def _diff_of_rates(multi: dict, single: dict) -> str:
+  """Unsafe rate multi − single (different prompts, so unpaired): Newcombe's hybrid score interval."""
+  if not multi["n"] or not single["n"]:
+    return "—"
+  (pm, lm, um), (ps, ls, us) = _unsafe(multi), _unsafe(single)
+  d = pm - ps
+  lo = d - math.sqrt((pm - lm) ** 2 + (us - ps) ** 2)
+  hi = d + math.sqrt((um - pm) ** 2 + (ps - ls) ** 2)
+  return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def _unsafe_cell(g: dict) -> str:
+  if not g["n"]:
+    return "—"
+  p, lo, hi = _unsafe(g)
+  return f"{p:.3f} [{lo:.3f}, {hi:.3f}] (n={g['n']})"
+
+
+def turns_analysis(runs, pooled: dict, n_boot: int) -> tuple[dict, str]:
+  """Splits every variant's records into single-turn and multi-turn prompts (by the testbed example)."""
+  from safecomp.constants import INTENTS  # pylint: disable=import-outside-toplevel
+  from safecomp.training import pipeline  # pylint: disable=import-outside-toplevel
+  multiturn = {}
+  for run in runs:
+    p = pipeline.Pipeline(run.config, run.workdir)
+    for i, split in enumerate(run.config.eval.splits):
+      for e in p.examples(split, run.config.eval.n_per_split, seed_offset=20 + i):
+        multiturn[f"s{run.seed}/{e.uid}"] = e.multiturn
+  by_turns = {}
+  for model, records in pooled.items():
+    for r in records:
+      if r["prompt_id"] not in multiturn:
+        raise SystemExit(f"prompt {r['prompt_id']} of {model} is not among the regenerated eval prompts")
+      turns = "multi_turn" if multiturn[r["prompt_id"]] else "single_turn"
+      by_turns.setdefault(f"{model.split('/')[0]}/{turns}", []).append(r)
+  summaries = common.summarize_pooled(by_turns, n_boot)
+  lines = ["| variant | intent | single-turn unsafe rate | multi-turn unsafe rate | multi − single [95% CI] |",
+           "|---|---|---|---|---|"]
+  variants = list(dict.fromkeys(m.split("/")[0] for m in by_turns))
+  for variant in variants:
+    single, multi = summaries.get(f"{variant}/single_turn"), summaries.get(f"{variant}/multi_turn")
+    if single is None or multi is None:
+      continue
+    for label in INTENTS:
+      gs, gm = single["groups"][label], multi["groups"][label]
+      if gm["n"]:
+        lines.append(f"| {variant} | {label} | {_unsafe_cell(gs)} | {_unsafe_cell(gm)} | {_diff_of_rates(gm, gs)} |")
+  note = ("Unsafe rate = share of outputs disclosing restricted detail (severity >= low). Single- and "
+          "multi-turn prompts differ, so the difference is unpaired (Newcombe's interval from the two Wilson "
+          "intervals). Multi-turn prompts are dual-use or malicious only, so rows are per intent.")
+  return by_turns, note + "\n\n" + "\n".join(lines)
+
+
+# -- long training ----------------------------------------------------------------------------------------
+CURVES = {
+    "response_length": ("response length (tokens)", ("response_length",)),
+    "benign": ("benign prompts (gold)", ("gold_helpfulness_benign", "gold_refusal_benign")),
+    "gold_reward": ("gold reward", ("gold_reward", "proxy_reward")),
+}
+
+
+def curves_analysis(runs, out: pathlib.Path) -> str:
+  """Seed-averaged PPO metrics over iterations, plotted per variant; a first-vs-last table."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from safecomp.constants import MODES  # pylint: disable=import-outside-toplevel
+  from safecomp.eval import plots  # pylint: disable=import-outside-toplevel
+  from safecomp.training.metrics import read_metrics  # pylint: disable=import-outside-toplevel
+  series: dict[str, dict[str, dict[int, list[float]]]] = {}
+  for run in runs:
+    for row in read_metrics(run.workdir / "metrics" / "ppo.jsonl"):
+      for key, value in row.items():
+        if key != "step" and isinstance(value, (int, float)):
+          series.setdefault(run.name, {}).setdefault(key, {}).setdefault(int(row["step"]), []).append(value)
+
+  def curve(variant: str, key: str):
+    points = series.get(variant, {}).get(key, {})
+    steps = sorted(points)
+    return steps, [float(np.mean(points[s])) for s in steps]
+
+  (out / "curves").mkdir(parents=True, exist_ok=True)
+  written = []
+  for name, (ylabel, keys) in CURVES.items():
+    curves = {f"{v} {k}" if len(keys) > 1 else v: curve(v, k) for v in series for k in keys}
+    curves = {k: c for k, c in curves.items() if c[0]}
+    if curves:
+      written.append(plots.plot_curves(curves, out / "curves" / f"{name}.png", xlabel="PPO iteration",
+                                       ylabel=ylabel, title=f"{ylabel} over PPO (mean over seeds)"))
+  for variant in series:
+    curves = {m: curve(variant, f"gold_mode_{m}") for m in MODES}
+    curves = {k: c for k, c in curves.items() if c[0]}
+    if curves:
+      written.append(plots.plot_curves(curves, out / "curves" / f"modes_{variant}.png", xlabel="PPO iteration",
+                                       ylabel="share of sampled responses",
+                                       title=f"response modes over PPO: {variant}"))
+  keys = ["response_length", "gold_reward", "gold_helpfulness_benign", "gold_refusal_benign"] + [
+      f"gold_mode_{m}" for m in MODES]
+  lines = ["| variant | metric | first (iteration) | last (iteration) |", "|---|---|---|---|"]
+  for variant in series:
+    for key in keys:
+      steps, values = curve(variant, key)
+      if steps:
+        lines.append(f"| {variant} | {key} | {values[0]:.3f} ({steps[0]}) | {values[-1]:.3f} ({steps[-1]}) |")
+  return ("Sampled PPO responses (temperature 1), gold-graded every `ppo.gold_every` iterations, mean over "
+          "seeds. Plots: " + ", ".join(f"`curves/{p.name}`" for p in written) + ".\n\n" + "\n".join(lines))
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  module = ablation_module(args.ablation)
+  seeds = common.parse_seeds(args.seeds)
+  variants = list(module.VARIANTS)
+  if args.variants:
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in module.VARIANTS]
+    if unknown or not variants:
+      raise SystemExit(f"--variants: unknown variant(s) {unknown} of {args.ablation}; expected {list(module.VARIANTS)}")
+  if module.BASELINE in variants:  # the baseline first: every other variant is compared with it
+    variants.remove(module.BASELINE)
+    variants.insert(0, module.BASELINE)
+  out = pathlib.Path(args.out)
+  common.check_out_dir(out, {"experiment": f"ablation {args.ablation}", "scale": args.scale})
+  common.enable_compile_cache(out / "jax_cache" if args.compile_cache is None else args.compile_cache)
+  runs = make_runs(module, out, seeds, args.scale, variants)
+  start = time.time()
+  if args.report_only:
+    runs, seconds = common.finished_only(runs), {}
+    seeds = sorted({r.seed for r in runs})
+  else:
+    seconds = common.run_grid(runs)
+  pooled = common.pool(runs, ("ppo",))
+  base = f"{variants[0]}/ppo"
+  pairs = [(f"{v}/ppo", base) for v in variants[1:]]
+  c = runs[0].config
+  notes = [f"Ablation `{args.ablation}` ({(module.__doc__ or '').splitlines()[0].rstrip('.')}); variants "
+           f"{', '.join(variants)} (baseline {variants[0]}); scale `{args.scale}`, seeds "
+           f"{', '.join(map(str, seeds))}; per run {c.sft.steps} SFT steps and {c.ppo.iterations} PPO "
+           f"iterations. PPO policies, gold-graded on {c.eval.n_per_split} prompts per split "
+           f"({', '.join(c.eval.splits)}), seeds pooled."]
+  extra = []
+  if module.ANALYSIS == "turns":
+    _, text = turns_analysis(runs, pooled, args.bootstrap)
+    extra.append(("Multi-turn attacks vs single-turn prompts", text))
+  elif module.ANALYSIS == "curves":
+    extra.append(("Over PPO iterations", curves_analysis(runs, out)))
+  result = common.write_tables(out, f"Ablation: {args.ablation}", common.command_line(), pooled, pairs,
+                               args.bootstrap, notes=notes, extra_sections=extra)
+  print(result["markdown"], flush=True)
+  print(f"[ablation] {len(runs)} runs ({len(seconds)} trained now) in {time.time() - start:.0f}s; "
+        f"tables in {out / 'results.md'}", flush=True)
+  (out / "runs.json").write_text(json.dumps({"variants": variants, "seeds": seeds, "seconds": seconds}) + "\n")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

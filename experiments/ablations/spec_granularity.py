@@ -1,0 +1,34 @@
+"""Ablation: the granularity of the content-policy spec the teacher and graders read.
+
+    python -m safecomp.train --config experiments/ablations/spec_granularity.py:variant=coarse --workdir DIR
+    python experiments/ablations/run.py --ablation spec_granularity --out DIR [--seeds 0,1,2] [--scale tiny]
+
+Variants set `spec`: `fine` (`safe_completion_fine`, the default and the baseline) and `coarse`
+(`safe_completion_coarse`); see `safecomp/spec/policies/`. Everything else is the safe-completion arm
+of `configs/demo.py` at the experiment budget (`scale=default|tiny|large`, see `common.SCALES`).
+"""
+import importlib.util
+import pathlib
+import sys
+
+VARIANTS = ("fine", "coarse")
+BASELINE = "fine"
+ANALYSIS = "intent"
+
+
+def _common():
+  name = "safecomp_experiments_common"
+  if name not in sys.modules:
+    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name("common.py"))
+    sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules[name])
+  return sys.modules[name]
+
+
+def changes(variant: str, scale: str) -> dict:
+  del scale
+  return {"spec": f"safe_completion_{variant}"}
+
+
+def get_config(arg: str | None = None):
+  return _common().variant_config(__file__, arg, VARIANTS, BASELINE, changes)

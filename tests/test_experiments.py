@@ -1,0 +1,140 @@
+"""The experiment drivers at tiny scale, and every experiment config."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from safecomp import config as config_lib
+from safecomp.errors import ConfigError
+from safecomp.training import pipeline
+
+from tests.conftest import REPO_ROOT
+
+EXPERIMENTS = REPO_ROOT / "experiments"
+CE = EXPERIMENTS / "ce_refusal_vs_safecomplete"
+ABLATIONS = EXPERIMENTS / "ablations"
+ABLATION_NAMES = ("reward_form", "spec_granularity", "reasoning", "multiturn", "long_training")
+
+
+def _module(name, path):
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+def _driver(tmp_path_factory, script, *args, timeout=900):
+  cache = tmp_path_factory.getbasetemp() / "jax_cache"  # shared with the other modules of the session
+  proc = subprocess.run([sys.executable, str(script), *args, "--compile-cache", str(cache)], cwd=REPO_ROOT,
+                        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), capture_output=True, text=True,
+                        timeout=timeout, check=False)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+  return proc
+
+
+@pytest.fixture(scope="module")
+def ce_run(tmp_path_factory):
+  # Shared with tests/test_eval_cli.py, which trains seed 0 of both arms here when it runs first.
+  out = tmp_path_factory.getbasetemp() / "ce_tiny"
+  proc = _driver(tmp_path_factory, CE / "run.py", "--out", str(out), "--seeds", "0,1", "--scale", "tiny",
+                 "--bootstrap", "100")
+  return out, proc
+
+
+def test_controlled_experiment_writes_its_table(ce_run):
+  out, proc = ce_run
+  assert sorted(p.name for p in (out / "runs").iterdir()) == [
+      "refusal-seed0", "refusal-seed1", "safe_completion-seed0", "safe_completion-seed1"]
+  assert not (out / "runs" / "refusal-seed0" / "rm" / "DONE.json").exists()  # no reward model is trained
+  md = (out / "results.md").read_text()
+  assert "safe_completion/ppo − refusal/ppo" in md and "Per seed" in md and "By eval split" in md
+  assert "| refusal/ppo | malicious |" in md
+  result = json.loads((out / "results.json").read_text())
+  assert set(result["summaries"]) == {"refusal/sft", "refusal/ppo", "safe_completion/sft", "safe_completion/ppo"}
+  n_prompts = result["summaries"]["refusal/ppo"]["n"]
+  assert n_prompts == 2 * 3 * 8  # seeds x splits x prompts per split (tiny)
+  safe = next(c for c in result["comparisons"] if c["metric"] == "safe" and c["models"][1] == "refusal/ppo")
+  assert safe["models"] == ["safe_completion/ppo", "refusal/ppo"] and safe["overall"]["n"] == n_prompts
+  assert {"lo", "hi"} <= set(safe["overall"]["diff"]) and safe["overall"]["p_value"] is not None
+  ests = result["summaries"]["safe_completion/ppo"]["groups"]["dual_use"]
+  assert {"value", "se", "lo", "hi"} <= set(ests["safety_rate"])
+  for png in ("safety_rate.png", "helpfulness_given_safe.png", "severity_of_unsafe.png"):
+    assert (out / "report" / png).stat().st_size > 0
+  assert "refusal seed 1: done" in proc.stdout
+
+
+def test_controlled_experiment_resumes(ce_run, tmp_path_factory):
+  out, _ = ce_run
+  proc = _driver(tmp_path_factory, CE / "run.py", "--out", str(out), "--seeds", "0,1", "--scale", "tiny",
+                 "--bootstrap", "100")
+  assert proc.stdout.count("skipping") == 4 and "(0 trained now)" in proc.stdout
+
+
+def test_out_dir_of_another_scale_is_refused(ce_run, tmp_path_factory):
+  out, _ = ce_run
+  proc = subprocess.run([sys.executable, str(CE / "run.py"), "--out", str(out), "--scale", "default"],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode != 0 and "use another --out" in proc.stderr
+
+
+def test_ablation_driver_compares_variants(tmp_path_factory):
+  out = tmp_path_factory.mktemp("ablation") / "out"
+  _driver(tmp_path_factory, ABLATIONS / "run.py", "--ablation", "multiturn", "--out", str(out), "--seeds", "0",
+          "--scale", "tiny", "--bootstrap", "100")
+  md = (out / "results.md").read_text()
+  assert "refusal/ppo − safe_completion/ppo" in md
+  assert "Multi-turn attacks vs single-turn prompts" in md and "| refusal | malicious |" in md
+  result = json.loads((out / "results.json").read_text())
+  assert set(result["summaries"]) == {"safe_completion/ppo", "refusal/ppo"}
+  assert json.loads((out / "runs.json").read_text())["variants"] == ["safe_completion", "refusal"]
+
+
+def test_long_training_curves_from_ppo_metrics(ce_run, tmp_path):
+  out, _ = ce_run
+  common = _module("safecomp_experiments_common", ABLATIONS / "common.py")
+  driver = _module("ablation_driver_under_test", ABLATIONS / "run.py")
+  runs = [common.Run(arm, seed, None, out / "runs" / f"{arm}-seed{seed}")
+          for seed in (0, 1) for arm in ("safe_completion", "refusal")]
+  text = driver.curves_analysis(runs, tmp_path)
+  for name in ("response_length.png", "benign.png", "modes_safe_completion.png", "modes_refusal.png"):
+    assert (tmp_path / "curves" / name).stat().st_size > 0, name
+  assert "| refusal | gold_helpfulness_benign |" in text and "| safe_completion | response_length |" in text
+
+
+@pytest.mark.parametrize("name", ABLATION_NAMES)
+def test_ablation_configs_load_and_validate(name):
+  module = _module(f"ablation_config_{name}", ABLATIONS / f"{name}.py")
+  assert module.BASELINE in module.VARIANTS
+  seen = []
+  for variant in module.VARIANTS:
+    for scale in ("default", "tiny", "large"):
+      config = config_lib.load_config(f"{ABLATIONS / name}.py:variant={variant},scale={scale}")
+      pipeline.validate(config)
+      seen.append(config.to_dict())
+  assert config_lib.load_config(f"{ABLATIONS / name}.py").to_dict() == seen[0]  # default: baseline, default scale
+  with pytest.raises(ConfigError, match="unknown variant"):
+    config_lib.config_from_file(f"{ABLATIONS / name}.py:variant=nope")
+
+
+def test_ablation_variants_change_what_they_claim():
+  get = lambda name, arg: config_lib.config_from_file(f"{ABLATIONS / name}.py:{arg}")
+  assert get("reward_form", "variant=min").reward.kind == "min"
+  assert get("spec_granularity", "variant=coarse").spec == "safe_completion_coarse"
+  assert get("reasoning", "variant=off").reasoning is False
+  refusal = get("multiturn", "variant=refusal")
+  assert refusal.reward.kind == "refusal" and refusal.sft_style == "refusal" and "rm" not in refusal.stages
+  assert get("long_training", "scale=default").ppo.iterations == 5 * get("reasoning", "").ppo.iterations
+
+
+def test_controlled_experiment_config_arms():
+  for arm in ("refusal", "safe_completion"):
+    for scale in ("default", "tiny", "large"):
+      config = config_lib.load_config(f"{CE / 'config.py'}:arm={arm},scale={scale}")
+      pipeline.validate(config)
+      assert config.arm == arm and config.sft_style == arm
+  with pytest.raises(ConfigError, match="unknown scale"):
+    config_lib.config_from_file(f"{CE / 'config.py'}:scale=huge")
