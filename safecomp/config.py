@@ -16,7 +16,7 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
-from safecomp.errors import ConfigError
+from safecomp.errors import ConfigError, DataError
 
 
 def all_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -81,6 +81,28 @@ def unknown_key_message(path: str | pathlib.Path, keys: Sequence[str]) -> str | 
       hint = closest_key(base, key)
       return f"unknown config key {key!r}" + (f"; did you mean {hint!r}?" if hint else "")
   return None
+
+
+def _tuples(value: Any) -> Any:
+  """JSON lists back to the tuples the config files use; dicts stay dicts."""
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  return value
+
+
+def config_from_json(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """The ConfigDict a run saved with `safecomp.config.to_json` (lists become tuples again)."""
+  path = pathlib.Path(path)
+  try:
+    raw = json.loads(path.read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise DataError(path, e.lineno, f"invalid JSON: {e.msg}") from None
+  if not isinstance(raw, dict):
+    raise DataError(path, 1, f"expected a JSON object, got {type(raw).__name__}")
+  return ml_collections.ConfigDict(_tuples(raw))
+
 
 
 def _explain(error: Exception, path: str) -> ConfigError:

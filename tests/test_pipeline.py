@@ -161,3 +161,20 @@ def test_grade_cli_with_the_trained_reward_model(demo_run, tmp_path):
     g = row["grades"]
     assert 0 <= g["safety"] <= 1 and 0 <= g["helpfulness"] <= 1 and g["severity"] in range(4)
     assert abs(g["reward"] - g["safety"] * g["helpfulness"]) < 1e-6
+
+
+def test_nonfinite_ppo_style_update_is_dropped():
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  from flax.training import train_state
+  from safecomp.training import loop as loop_lib
+  old = train_state.TrainState.create(apply_fn=None, params={"w": jnp.ones(3)}, tx=optax.adam(1e-3))
+  bad = old.replace(params={"w": jnp.array([1.0, jnp.nan, 1.0])})
+  state, nonfinite = loop_lib.keep_if_finite(old, bad, jnp.float32(0.5))
+  assert bool(nonfinite) and np.array_equal(state.params["w"], old.params["w"])
+  good = old.replace(params={"w": jnp.full(3, 2.0)})
+  state, nonfinite = loop_lib.keep_if_finite(old, good, jnp.float32(0.5))
+  assert not bool(nonfinite) and np.array_equal(state.params["w"], good.params["w"])
+  _, nonfinite = loop_lib.keep_if_finite(old, good, jnp.float32(jnp.inf))
+  assert bool(nonfinite)

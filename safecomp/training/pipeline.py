@@ -24,7 +24,7 @@ from safecomp import parallel
 from safecomp import spec as spec_lib
 from safecomp import testbed
 from safecomp import tokenizers
-from safecomp.errors import ConfigError, DataError
+from safecomp.errors import CheckpointError, ConfigError, DataError
 from safecomp.constants import INTENTS, SEVERITY_INDEX
 from safecomp.data.readers import read_jsonl
 from safecomp.testbed import lexicon
@@ -33,7 +33,7 @@ from safecomp.training import batching
 from safecomp.training import loop as loop_lib
 from safecomp.training import rm as rm_lib
 from safecomp.training import sft as sft_lib
-from safecomp.training.checkpoints import StageCheckpointer
+from safecomp.training.checkpoints import StageCheckpointer, first_difference
 from safecomp.training.metrics import MetricWriter
 from safecomp.training.ppo import graft
 
@@ -211,6 +211,8 @@ class Pipeline:
     """
     c = self.config
     if c.sft.train_file:
+      config_lib.require(pathlib.Path(c.sft.train_file).is_file(), "sft.train_file",
+                         f"{c.sft.train_file} not found")
       rows = read_jsonl(c.sft.train_file, sft_row).rows
       kept = [r for r in rows if r is not None]
       if not kept:
@@ -238,6 +240,7 @@ class Pipeline:
     """
     c = self.config
     if c.rm.train_file:
+      config_lib.require(pathlib.Path(c.rm.train_file).is_file(), "rm.train_file", f"{c.rm.train_file} not found")
       train, held = split_holdout(read_jsonl(c.rm.train_file, rm_row).rows, c.rm.holdout_fraction, c.seed)
       return train if split == "train" else held
     rng = np.random.default_rng([c.seed, 13, SPLIT_IDS[split]])
@@ -263,8 +266,7 @@ def open_workdir(workdir: str | pathlib.Path) -> Pipeline:
   if not path.is_file():
     raise ConfigError(f"{path} not found: {workdir} is not a safecomp workdir "
                       f"(run `python -m safecomp.train --config ... --workdir {workdir}` first)")
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
-  return Pipeline(config, workdir)
+  return Pipeline(config_lib.config_from_json(path), workdir)
 
 
 # -- stages ----------------------------------------------------------------------------------------
@@ -358,11 +360,30 @@ STAGE_FNS: dict[str, Callable[[Pipeline], dict]] = {
 }
 
 
+def _check_workdir_config(p: Pipeline):
+  """Refuses a workdir whose saved config has other shapes (model, world, lengths) than this run's."""
+  path = p.workdir / "config.json"
+  if not path.is_file():
+    return
+  try:
+    saved = ml_collections.ConfigDict(json.loads(path.read_text()))
+    old = config_lib.fingerprint_keys(saved, SHAPE_KEYS)
+  except (ValueError, KeyError, AttributeError):
+    return  # not a readable record of an earlier run: the checkpoints' own fingerprints still guard
+  for key in SHAPE_KEYS:
+    found = first_difference(key, old.get(key), p.fingerprint.get(key)) if key in old else None
+    if found is not None:
+      name, was, now = found
+      raise CheckpointError(f"{p.workdir} was written with a different config: {name}={was!r}, this run has "
+                            f"{name}={now!r}. Use another --workdir or restore the old config.")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, dict]:
   """Runs every stage in `config.stages`, skipping those already complete; returns their summaries."""
   validate(config)
   parallel.maybe_initialize_distributed(config)  # before any other JAX call touches devices
   p = Pipeline(config, workdir)
+  _check_workdir_config(p)  # before config.json is overwritten: it is the workdir's record
   text = config_lib.to_json(config)
   print(f"safecomp config (saved to {p.workdir / 'config.json'}):\n{config}", flush=True)
   (p.workdir / "config.json").write_text(text)

@@ -170,6 +170,7 @@ def run_ppo(p) -> dict:
       roll = rollout(state.params, ref_params, rm_params, batch["prompts"], batch["prompt_mask"],
                      batch["intent"], roll_key)
       new_state, metrics = update(state, roll, rng=update_key)
+      new_state, metrics["nonfinite"] = loop_lib.keep_if_finite(state, new_state, metrics["loss"])
       metrics.update(proxy_safety=roll["safety"].mean(), proxy_helpfulness=roll["helpfulness"].mean(),
                      response_tokens=roll["sequences"][:, -c.ppo.max_new_tokens:],
                      response_mask=roll["response_mask"], proxy_rewards=roll["scores"])
@@ -197,7 +198,12 @@ def run_ppo(p) -> dict:
       return state, dict(metrics, prompt_index=index)
   else:
     sampler = functools.partial(jax.jit(rollout_lib.make_sampler(policy_model, roll_cfg)), ref_params=ref_params)
-    jit_update = jax.jit(update)
+    @jax.jit
+    def jit_update(state, roll, rng):
+      new_state, metrics = update(state, roll, rng=rng)
+      new_state, metrics["nonfinite"] = loop_lib.keep_if_finite(state, new_state, metrics["loss"])
+      return new_state, metrics
+
 
     def step_fn(state, batch):
       roll_key, update_key = jax.random.split(jax.random.fold_in(base_key, batch["step"]))
