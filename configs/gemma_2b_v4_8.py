@@ -9,19 +9,16 @@ google/gemma-2b; the architecture below repeats its public config.json so the ru
 Mesh: parameters and optimizer state FSDP-sharded over the 4 chips (data=1, fsdp=4, tensor=1);
 bfloat16 compute with float32 master weights, full rematerialisation of each decoder block.
 """
-import importlib.util
 import pathlib
 
 import ml_collections
 
+from safecomp.config import config_from_file
+
 
 def _demo_config() -> ml_collections.ConfigDict:
   """configs/demo.py's config: every section and key the pipeline reads."""
-  spec = importlib.util.spec_from_file_location(
-      "safecomp_demo_config", pathlib.Path(__file__).with_name("demo.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_from_file(pathlib.Path(__file__).with_name("demo.py"))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

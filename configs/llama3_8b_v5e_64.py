@@ -12,19 +12,16 @@ Mesh: fsdp=16 x tensor=4 (heads, KV heads, MLP and vocabulary split 4 ways insid
 parameters and optimizer state sharded 16 ways); bfloat16 compute, float32 master weights, full
 rematerialisation. `distributed.initialize=True` auto-detects the pod's coordinator and processes.
 """
-import importlib.util
 import pathlib
 
 import ml_collections
 
+from safecomp.config import config_from_file
+
 
 def _demo_config() -> ml_collections.ConfigDict:
   """configs/demo.py's config: every section and key the pipeline reads."""
-  spec = importlib.util.spec_from_file_location(
-      "safecomp_demo_config", pathlib.Path(__file__).with_name("demo.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_from_file(pathlib.Path(__file__).with_name("demo.py"))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -9,19 +9,16 @@ below repeats its public config.json so the run can be planned
 One device (mesh 1 x 1 x 1); bfloat16 compute with float32 master weights; the large vocabulary
 (151936) makes float32 logits the biggest activation, hence micro-batches of 8 rows.
 """
-import importlib.util
 import pathlib
 
 import ml_collections
 
+from safecomp.config import config_from_file
+
 
 def _demo_config() -> ml_collections.ConfigDict:
   """configs/demo.py's config: every section and key the pipeline reads."""
-  spec = importlib.util.spec_from_file_location(
-      "safecomp_demo_config", pathlib.Path(__file__).with_name("demo.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_from_file(pathlib.Path(__file__).with_name("demo.py"))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
