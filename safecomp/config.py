@@ -10,6 +10,7 @@ import difflib
 import importlib.util
 import json
 import pathlib
+import sys
 from typing import Any, Iterable, Sequence
 
 from absl import flags
@@ -60,12 +61,25 @@ def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> ml_c
   return flag_values["config"].value
 
 
+def load_module(path: str | pathlib.Path, name: str | None = None):
+  """Imports a Python file by path (config files, experiment helpers outside the package).
+
+  With `name` the module is cached in `sys.modules`, so every importer shares one copy.
+  """
+  if name is not None and name in sys.modules:
+    return sys.modules[name]
+  spec = importlib.util.spec_from_file_location(name or "safecomp_loaded_file", str(path))
+  module = importlib.util.module_from_spec(spec)
+  if name is not None:
+    sys.modules[name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
 def config_from_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
   """`get_config(arg)` of a config file named `file.py` or `file.py:arg`, with no overrides."""
   file_part, _, arg = str(path).partition(":")
-  spec = importlib.util.spec_from_file_location("safecomp_config_file", file_part)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = load_module(file_part)
   return module.get_config(arg) if arg else module.get_config()
 
 

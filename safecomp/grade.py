@@ -121,8 +121,7 @@ class RewardModelGrader:
     from safecomp.training import rm as rm_lib
     self._p = pipeline.open_workdir(workdir)
     self._batching, self._rm_lib, self._composite = batching, rm_lib, composite
-    self.model, init = self._p.init_model(("severity", "helpfulness"), seed_offset=2)
-    self.params = self._p.trained_params("rm", init, "rm")
+    self.model, self.params = self._p.trained_reward_model()
     self.batch_size = batch_size
 
   def grade_batch(self, prompts, completions):

@@ -53,7 +53,7 @@ def test_every_stage_runs_and_reports(demo_run):
   assert any("eval_loss" in r for r in sft_rows) and all("loss" in r for r in sft_rows if "eval_loss" not in r)
 
   report = json.loads((workdir / "eval" / "eval.json").read_text())
-  assert {"sft", "ppo"} <= set(json.dumps(report).split('"')) or report
+  assert set(report["models"]) == {"sft", "ppo"} and len(report["comparisons"]) == 3
   for png in ("safety_rate.png", "helpfulness_given_safe.png", "severity_of_unsafe.png"):
     assert (workdir / "eval" / png).stat().st_size > 0
   table = (workdir / "eval" / "eval.md").read_text()

@@ -8,9 +8,9 @@ iterations (200 at `scale=default`, 8 at `tiny`, 750 at `large`), with gold-grad
 `ppo.gold_every` iterations. The driver plots, from `DIR/metrics/ppo.jsonl`, response length, the
 mode distribution and benign helpfulness / refusal over the PPO iterations, averaged over seeds.
 """
-import importlib.util
 import pathlib
-import sys
+
+from safecomp.config import load_module
 
 VARIANTS = ("safe_completion", "refusal")
 BASELINE = "safe_completion"
@@ -20,12 +20,7 @@ GOLD_EVERY = {"tiny": 1, "default": 5, "large": 10}
 
 
 def _common():
-  name = "safecomp_experiments_common"
-  if name not in sys.modules:
-    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name("common.py"))
-    sys.modules[name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sys.modules[name])
-  return sys.modules[name]
+  return load_module(pathlib.Path(__file__).with_name("common.py"), "safecomp_experiments_common")
 
 
 def changes(variant: str, scale: str) -> dict:

@@ -9,9 +9,9 @@ of each by intent, multi-turn against single-turn (multi-turn conversations insi
 multi-turn). Everything else is `configs/demo.py` at the experiment budget
 (`scale=default|tiny|large`, see `common.SCALES`).
 """
-import importlib.util
 import pathlib
-import sys
+
+from safecomp.config import load_module
 
 VARIANTS = ("safe_completion", "refusal")
 BASELINE = "safe_completion"
@@ -19,12 +19,7 @@ ANALYSIS = "turns"
 
 
 def _common():
-  name = "safecomp_experiments_common"
-  if name not in sys.modules:
-    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name("common.py"))
-    sys.modules[name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sys.modules[name])
-  return sys.modules[name]
+  return load_module(pathlib.Path(__file__).with_name("common.py"), "safecomp_experiments_common")
 
 
 def changes(variant: str, scale: str) -> dict:

@@ -9,9 +9,9 @@ default and the baseline of the comparison), `sum` ((h + s) / 2), `min`, `safety
 experiment budget (`scale=default`; `scale=tiny` for seconds, `scale=large` for a bigger model and
 longer training; see `common.SCALES`).
 """
-import importlib.util
 import pathlib
-import sys
+
+from safecomp.config import load_module
 
 VARIANTS = ("product", "sum", "min", "safety_only", "helpfulness_only")
 BASELINE = "product"
@@ -19,12 +19,7 @@ ANALYSIS = "intent"
 
 
 def _common():
-  name = "safecomp_experiments_common"
-  if name not in sys.modules:
-    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name("common.py"))
-    sys.modules[name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sys.modules[name])
-  return sys.modules[name]
+  return load_module(pathlib.Path(__file__).with_name("common.py"), "safecomp_experiments_common")
 
 
 def changes(variant: str, scale: str) -> dict:

@@ -22,32 +22,24 @@ curves over PPO iterations in `DIR/curves/`.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import pathlib
 import sys
 import time
 
+from safecomp.config import load_module
+
 HERE = pathlib.Path(__file__).resolve().parent
 ABLATIONS = ("reward_form", "spec_granularity", "reasoning", "multiturn", "long_training")
 
-
-def _load(name: str, path: pathlib.Path):
-  if name not in sys.modules:
-    spec = importlib.util.spec_from_file_location(name, path)
-    sys.modules[name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sys.modules[name])
-  return sys.modules[name]
-
-
-common = _load("safecomp_experiments_common", HERE / "common.py")
+common = load_module(HERE / "common.py", "safecomp_experiments_common")
 
 
 def ablation_module(name: str):
   if name not in ABLATIONS:
     raise SystemExit(f"--ablation: unknown ablation {name!r}; expected one of {list(ABLATIONS)}")
-  return _load(f"safecomp_experiments_ablation_{name}", HERE / f"{name}.py")
+  return load_module(HERE / f"{name}.py", f"safecomp_experiments_ablation_{name}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

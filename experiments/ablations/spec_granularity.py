@@ -7,9 +7,9 @@ Variants set `spec`: `fine` (`safe_completion_fine`, the default and the baselin
 (`safe_completion_coarse`); see `safecomp/spec/policies/`. Everything else is the safe-completion arm
 of `configs/demo.py` at the experiment budget (`scale=default|tiny|large`, see `common.SCALES`).
 """
-import importlib.util
 import pathlib
-import sys
+
+from safecomp.config import load_module
 
 VARIANTS = ("fine", "coarse")
 BASELINE = "fine"
@@ -17,12 +17,7 @@ ANALYSIS = "intent"
 
 
 def _common():
-  name = "safecomp_experiments_common"
-  if name not in sys.modules:
-    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name("common.py"))
-    sys.modules[name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sys.modules[name])
-  return sys.modules[name]
+  return load_module(pathlib.Path(__file__).with_name("common.py"), "safecomp_experiments_common")
 
 
 def changes(variant: str, scale: str) -> dict:

@@ -8,19 +8,14 @@ what `configs/demo.py:arm=...` changes: the style of the SFT data (safe-completi
 teacher) and the PPO reward (r = h x s from the reward model vs the refusal reward on the prompt's
 intent label). The refusal arm trains no reward model (its reward never reads one).
 """
-import importlib.util
 import pathlib
-import sys
+
+from safecomp.config import load_module
 
 
 def _common():
-  name = "safecomp_experiments_common"
-  if name not in sys.modules:
-    path = pathlib.Path(__file__).resolve().parents[1] / "ablations" / "common.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    sys.modules[name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sys.modules[name])
-  return sys.modules[name]
+  return load_module(pathlib.Path(__file__).resolve().parents[1] / "ablations" / "common.py",
+                     "safecomp_experiments_common")
 
 
 def get_config(arg: str | None = None):

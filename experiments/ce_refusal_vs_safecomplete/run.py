@@ -18,25 +18,18 @@ answer the same prompts for a seed) and writes:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import sys
 import time
+
+from safecomp.config import load_module
 
 HERE = pathlib.Path(__file__).resolve().parent
 ARMS = ("refusal", "safe_completion")
 
 
-def _load(name: str, path: pathlib.Path):
-  if name not in sys.modules:
-    spec = importlib.util.spec_from_file_location(name, path)
-    sys.modules[name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sys.modules[name])
-  return sys.modules[name]
-
-
-common = _load("safecomp_experiments_common", HERE.parent / "ablations" / "common.py")
-ce_config = _load("safecomp_experiments_ce_config", HERE / "config.py")
+common = load_module(HERE.parent / "ablations" / "common.py", "safecomp_experiments_common")
+ce_config = load_module(HERE / "config.py", "safecomp_experiments_ce_config")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -234,8 +234,7 @@ class RewardModelScorer:
     from safecomp.training import rm as rm_lib
     require_stage(p, "rm")
     self.p, self.rm_lib = p, rm_lib
-    self.model, init = p.init_model(("severity", "helpfulness"), seed_offset=2)
-    self.params = p.trained_params("rm", init, "rm")
+    self.model, self.params = p.trained_reward_model()
 
   def __call__(self, prompts: Sequence[Prompt], texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     from safecomp.training import batching  # pylint: disable=import-outside-toplevel

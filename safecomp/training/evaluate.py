@@ -65,11 +65,10 @@ def grade_records(world, examples, texts: Sequence[str], model_name: str,
   return records
 
 
-def proxy_rewards(p, examples, texts: Sequence[str]) -> np.ndarray:
+def proxy_rewards(p, reward_model: tuple[Any, Any], examples, texts: Sequence[str]) -> np.ndarray:
   """The trained reward model's r = h x s on each (prompt, completion): the proxy RL optimised."""
   c = p.config
-  rm_model, rm_init = p.init_model(("severity", "helpfulness"), seed_offset=2)
-  rm_params = p.trained_params("rm", rm_init, "rm")
+  rm_model, rm_params = reward_model
   conversations = [list(e.messages) + [{"role": "assistant", "content": t}] for e, t in zip(examples, texts)]
   arrays = batching.conversations_to_arrays(p.tokenizer, conversations, c.chat_template, c.max_seq_len,
                                             "graded completions")
@@ -113,13 +112,14 @@ def run_eval(p) -> dict:
     policies["ppo"] = {k: v for k, v in ppo_params.items() if k in init}  # the value head is not needed
 
   with_proxy = p.checkpointer("rm").is_done()
+  reward_model = p.trained_reward_model() if with_proxy else None
   all_records, summaries = {}, {}
   for name, params in policies.items():
     texts = generate_texts(model, params, tok, [e.messages for e in examples], c.chat_template,
                            c.max_prompt_len, cfg, c.eval.batch_size, c.seed, f"eval {name}")
     records = grade_records(p.world, examples, texts, name, tuple(c.reward.severity_to_safety))
     if with_proxy:
-      for record, proxy in zip(records, proxy_rewards(p, examples, texts)):
+      for record, proxy in zip(records, proxy_rewards(p, reward_model, examples, texts)):
         record["proxy_reward"] = float(proxy)
     all_records[name] = records
     with (out_dir / f"{name}_completions.jsonl").open("w") as f:

@@ -199,6 +199,11 @@ class Pipeline:
     abstract = jax.eval_shape(lambda: loop_lib.checkpoint_tree(_new_state(params_like, tx)))
     return self.final_params(stage, abstract)["params"]
 
+  def trained_reward_model(self) -> tuple[Any, Any]:
+    """(model, params) of the completed `rm` stage."""
+    model, init = self.init_model(("severity", "helpfulness"), seed_offset=2)
+    return model, self.trained_params("rm", init, "rm")
+
   # -- data ----------------------------------------------------------------------------------------
   def examples(self, split: str, n: int, seed_offset: int = 0) -> list:
     return testbed.generate_examples(self.world, split, n, seed=self.config.seed * 7919 + seed_offset)

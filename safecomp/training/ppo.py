@@ -161,8 +161,7 @@ def run_ppo(p) -> dict:
 
   on_device = c.reward.grader == "rm"
   if on_device:
-    rm_model, rm_init = p.init_model(("severity", "helpfulness"), seed_offset=2)
-    rm_params = p.trained_params("rm", rm_init, "rm")
+    rm_model, rm_params = p.trained_reward_model()
     rollout = rollout_lib.make_rollout(policy_model, rm_model, roll_cfg)
 
     def fused_step(state, batch, ref_params, rm_params):
