@@ -113,12 +113,9 @@ def safecomp_iteration(c, vocab_size: int, prompts: np.ndarray, prompt_mask: np.
       reward_kind=c.reward.kind, severity_to_safety=tuple(c.reward.severity_to_safety),
       helpfulness_kind=c.rm.helpfulness_loss)
 
-  def forward_fn(params, sequences, attention_mask):
-    out = policy_model.apply({"params": params}, sequences, attention_mask=attention_mask)
-    return out["logits"], out.get("values")
-
-  update = functools.partial(ppo_lib.ppo_update, forward_fn=forward_fn, config=cfg)
-  rollout = rollout_lib.make_rollout(policy_model, rm_model, roll_cfg)
+  actor = rollout_lib.ActorCritic(policy_model)
+  update = functools.partial(ppo_lib.ppo_update, forward_fn=actor.forward, config=cfg)
+  rollout = rollout_lib.make_rollout(actor, rm_model, roll_cfg)
   base_key = jax.random.key(c.seed * 1000 + 77)
 
   @jax.jit

@@ -77,6 +77,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rm.grad_clip = 1.0
   c.rm.microbatches = 1
   c.rm.helpfulness_loss = "bce"
+  # Oracle-labelled samples of the SFT policy added to the hand-made candidates, so the reward model
+  # knows the policy's own mistakes before PPO searches them (0 with rm.train_file).
+  c.rm.policy_samples_per_prompt = 1
+  c.rm.policy_temperature = 1.0
   c.rm.severity_weight = 1.0
   c.rm.helpfulness_weight = 1.0
   c.rm.checkpoint_every = 200
@@ -91,12 +95,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.ppo = ml_collections.ConfigDict()
   c.ppo.algorithm = "ppo"
+  c.ppo.critic = "separate"  # separate: own trunk, started from the reward model's; shared: head on the policy
   c.ppo.iterations = 60
   c.ppo.prompts_per_iteration = 64
   c.ppo.group_size = 1
   c.ppo.max_new_tokens = 96
   c.ppo.temperature = 1.0
-  c.ppo.learning_rate = 3e-4
+  c.ppo.learning_rate = 1e-4  # higher rates move the policy several nats from SFT within a few iterations
   c.ppo.epochs = 2
   c.ppo.num_minibatches = 2
   c.ppo.clip_eps = 0.2

@@ -126,7 +126,7 @@ def final_trees(workdir):
   tx = loop_lib.make_optimizer(p.config.sft, p.config.sft.steps)
   abstract = jax.eval_shape(lambda: loop_lib.checkpoint_tree(pipeline._new_state(init, tx)))  # pylint: disable=protected-access
   out["sft"] = p.final_params("sft", abstract)
-  _, policy_init = p.init_model(("lm", "value"), seed_offset=3)
+  _, policy_init, _ = ppo_stage.actor_critic(p, trained=False)
   abstract = jax.eval_shape(lambda: ppo_stage.rl_tree(ppo_stage.initial_state(p, policy_init)))
   out["ppo"] = p.final_params("ppo", abstract)
   return out

@@ -42,6 +42,7 @@ def test_every_stage_runs_and_reports(demo_run):
     assert 0 <= summaries["eval"][f"{name}_gold_reward"] <= 1
   rm_eval = json.loads((workdir / "rm" / "eval.json").read_text())
   assert len(rm_eval["severity_confusion"]) == 4 and "severity_ece" in rm_eval
+  assert 0 <= rm_eval["policy_severity_accuracy"] <= 1  # measured on the SFT policy's own samples
 
   ppo_rows = read_metrics(workdir / "metrics" / "ppo.jsonl")
   assert [r["step"] for r in ppo_rows] == [1, 2, 3]
@@ -129,9 +130,34 @@ def test_sft_and_rm_train_on_user_jsonl(tmp_path):
   config = tiny_config(stages=("sft", "rm"))
   config.sft.train_file = _write_jsonl(tmp_path / "sft.jsonl", sft_rows)
   config.rm.train_file = _write_jsonl(tmp_path / "rm.jsonl", rm_rows)
+  config.rm.policy_samples_per_prompt = 0  # the oracle can only label testbed prompts
   summaries = pipeline.run(config, tmp_path / "run")
   assert summaries["sft"]["generated"] == 40 and summaries["sft"]["kept"] == sum(r["kept"] for r in sft_rows)
   assert 0 <= summaries["rm"]["severity_accuracy"] <= 1
+
+
+def test_policy_samples_need_testbed_prompts(tmp_path):
+  config = tiny_config(stages=("rm",))
+  config.rm.train_file = _write_jsonl(tmp_path / "rm.jsonl", [])
+  with pytest.raises(ConfigError, match="rm.policy_samples_per_prompt"):
+    pipeline.run(config, tmp_path / "run")
+
+
+def test_policy_rm_rows_are_oracle_labelled_samples(demo_run):
+  from safecomp import testbed
+  workdir, _ = demo_run
+  p = pipeline.open_workdir(workdir)
+  p.config.rm.policy_samples_per_prompt = 2
+  model, init = p.init_model(("lm",), seed_offset=1)
+  params = p.trained_params("sft", init, "sft")
+  rows = p.policy_rm_rows("test", 5, model, params)
+  assert len(rows) == 10 and all(r["policy_sample"] for r in rows)
+  examples = p.examples("test", 5, seed_offset=5) * 2
+  assert [r["messages"][:-1] for r in rows] == [list(e.messages) for e in examples]
+  for row, example in zip(rows, examples):
+    grade = testbed.grade(example.messages, row["messages"][-1]["content"], world=p.world, example=example)
+    assert (row["severity"], row["helpfulness"]) == (grade.severity, grade.helpfulness)
+  assert len({r["messages"][-1]["content"] for r in rows}) > 1  # sampled, not one fixed answer
 
 
 def test_malformed_rm_row_names_file_and_line(tmp_path):
@@ -139,6 +165,7 @@ def test_malformed_rm_row_names_file_and_line(tmp_path):
           {"prompt": "hi", "completion": "hello", "severity": "catastrophic", "helpfulness": 0.5}]
   config = tiny_config(stages=("rm",))
   config.rm.train_file = _write_jsonl(tmp_path / "rm.jsonl", rows)
+  config.rm.policy_samples_per_prompt = 0
   from safecomp.errors import DataError
   with pytest.raises(DataError, match=r"rm\.jsonl.*2.*severity"):
     pipeline.run(config, tmp_path / "run")

@@ -34,7 +34,7 @@ def setup():
 
 def test_rollout_is_one_computation_without_host_transfers(setup):
   policy, reward_model, arrays = setup
-  rollout = jax.jit(rollout_lib.make_rollout(policy, reward_model, CFG))
+  rollout = jax.jit(rollout_lib.make_rollout(rollout_lib.ActorCritic(policy), reward_model, CFG))
   lowered = rollout.lower(*arrays)
   text = lowered.as_text()
   # Generation is a device-side loop, and nothing calls back to Python.
@@ -51,7 +51,7 @@ def test_rollout_is_one_computation_without_host_transfers(setup):
 def test_rollout_equals_step_by_step_reference(setup):
   policy, reward_model, arrays = setup
   policy_params, ref_params, rm_params, prompts, mask, intent, key = arrays
-  fused = jax.device_get(jax.jit(rollout_lib.make_rollout(policy, reward_model, CFG))(*arrays))
+  fused = jax.device_get(jax.jit(rollout_lib.make_rollout(rollout_lib.ActorCritic(policy), reward_model, CFG))(*arrays))
 
   # Reference: sample, then score each piece with separate, plain forward passes.
   out = models.generate(policy, policy_params, prompts, mask, key, max_new_tokens=CFG.max_new_tokens,
@@ -84,7 +84,32 @@ def test_rollout_equals_step_by_step_reference(setup):
 def test_sampler_matches_rollout_without_rewards(setup):
   policy, reward_model, arrays = setup
   policy_params, ref_params, rm_params, prompts, mask, intent, key = arrays
-  full = jax.jit(rollout_lib.make_rollout(policy, reward_model, CFG))(*arrays)
-  sampled = jax.jit(rollout_lib.make_sampler(policy, CFG))(policy_params, ref_params, prompts, mask, key)
+  full = jax.jit(rollout_lib.make_rollout(rollout_lib.ActorCritic(policy), reward_model, CFG))(*arrays)
+  sampled = jax.jit(rollout_lib.make_sampler(rollout_lib.ActorCritic(policy), CFG))(policy_params, ref_params, prompts, mask, key)
   for k in ("sequences", "response_mask", "old_logprobs", "ref_logprobs", "values"):
     np.testing.assert_array_equal(np.asarray(full[k]), np.asarray(sampled[k]))
+
+
+def test_separate_critic_has_its_own_trunk(setup):
+  _, _, arrays = setup
+  _, _, _, prompts, mask, _, key = arrays
+  policy = models.Transformer(models.tiny(heads=("lm",)))
+  critic = models.Transformer(models.tiny(heads=("value",)))
+  policy_params = models.init_params(policy.config, jax.random.key(3))
+  params = {"policy": policy_params, "critic": models.init_params(critic.config, jax.random.key(4))}
+  actor = rollout_lib.ActorCritic(policy, critic)
+  out = jax.device_get(jax.jit(rollout_lib.make_sampler(actor, CFG))(params, policy_params, prompts, mask, key))
+
+  alone = models.generate(policy, policy_params, prompts, mask, key, max_new_tokens=CFG.max_new_tokens,
+                          temperature=CFG.temperature, top_k=CFG.top_k, eos_id=CFG.eos_id, pad_id=CFG.pad_id)
+  np.testing.assert_array_equal(out["sequences"], alone.sequences)  # the critic does not touch sampling
+  full_mask = np.concatenate([np.asarray(mask), out["response_mask"]], axis=1)
+  n, p = CFG.max_new_tokens, prompts.shape[1]
+  values = critic.apply({"params": params["critic"]}, out["sequences"], attention_mask=full_mask)["values"]
+  np.testing.assert_allclose(out["values"], np.asarray(values[:, p - 1:-1]) * out["response_mask"], atol=1e-5)
+  np.testing.assert_allclose(out["old_logprobs"], out["ref_logprobs"], atol=1e-5)  # reference = start
+
+  # Value-loss gradients reach the critic and never the policy.
+  grads = jax.grad(lambda q: jnp.sum(actor.forward(q, out["sequences"], full_mask)[1] ** 2))(params)
+  assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grads["policy"]))
+  assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads["critic"]))

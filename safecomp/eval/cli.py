@@ -207,8 +207,7 @@ def policy_params(p, stage: str):
   if stage == "sft":
     return model, p.trained_params("sft", init, "sft")
   from safecomp.training import ppo as ppo_lib  # pylint: disable=import-outside-toplevel
-  params = ppo_lib.final_policy_params(p)
-  return model, {k: v for k, v in params.items() if k in init}  # the value head is not needed
+  return model, ppo_lib.final_policy_params(p)
 
 
 def generate(policy: Policy, prompts: Sequence[Prompt]) -> list[str]:

@@ -108,8 +108,7 @@ def run_eval(p) -> dict:
   model, init = p.init_model(("lm",), seed_offset=1)
   policies["sft"] = p.trained_params("sft", init, "sft")
   if "ppo" in c.stages:
-    ppo_params = ppo_lib.final_policy_params(p)
-    policies["ppo"] = {k: v for k, v in ppo_params.items() if k in init}  # the value head is not needed
+    policies["ppo"] = ppo_lib.final_policy_params(p)
 
   with_proxy = p.checkpointer("rm").is_done()
   reward_model = p.trained_reward_model() if with_proxy else None

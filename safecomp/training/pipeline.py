@@ -30,8 +30,10 @@ from safecomp.data.readers import read_jsonl
 from safecomp.testbed import lexicon
 from safecomp.testbed import teachers
 from safecomp.training import batching
+from safecomp.training import evaluate as evaluate_lib
 from safecomp.training import loop as loop_lib
 from safecomp.training import rm as rm_lib
+from safecomp.training import rollout as rollout_lib
 from safecomp.training import sft as sft_lib
 from safecomp.training.checkpoints import StageCheckpointer, first_difference
 from safecomp.training.metrics import MetricWriter
@@ -60,6 +62,7 @@ def validate(config: ml_collections.ConfigDict):
                      "ppo.group_size", "must divide ppo.prompts_per_iteration")
   config_lib.require(config.ppo.max_new_tokens + config.max_prompt_len <= config.max_seq_len,
                      "ppo.max_new_tokens", "max_prompt_len + max_new_tokens must fit in max_seq_len")
+  config_lib.require(config.ppo.critic in ("shared", "separate"), "ppo.critic", "must be 'shared' or 'separate'")
   config_lib.require(config.ppo.eos_penalty >= 0, "ppo.eos_penalty",
                      "is subtracted from the reward of responses without EOS, so it must be >= 0")
   config_lib.require(0.0 <= config.testbed.teacher_error_rate <= 1.0, "testbed.teacher_error_rate",
@@ -68,6 +71,10 @@ def validate(config: ml_collections.ConfigDict):
   config_lib.require(config.reward.kind != "refusal" or config.reward.grader == "oracle", "reward.grader",
                      "the refusal reward reads the prompt's intent label and the response mode: "
                      "set reward.grader=oracle")
+  config_lib.require(config.rm.policy_samples_per_prompt >= 0, "rm.policy_samples_per_prompt", "must be >= 0")
+  config_lib.require(not (config.rm.policy_samples_per_prompt and config.rm.train_file), "rm.policy_samples_per_prompt",
+                     "policy samples are labelled by the testbed oracle, which needs testbed prompts; "
+                     "set it to 0 with rm.train_file")
   config_lib.require(len(config.reward.severity_to_safety) == 4, "reward.severity_to_safety",
                      "needs 4 values (negligible, low, moderate, high)")
 
@@ -264,6 +271,29 @@ class Pipeline:
                      "severity": grade.severity, "helpfulness": grade.helpfulness})
     return rows
 
+  def policy_rm_rows(self, split: str, n: int, model, params) -> list[dict]:
+    """Reward-model rows sampled from the SFT policy on the prompts of `rm_rows`, oracle-labelled.
+
+    Hand-made candidates miss the policy's own slips (a fact dropped, a neighbouring topic, a
+    half-remembered redirection); a reward model that has never seen them cannot tell them from the
+    real thing, and PPO drifts into them. `rm.policy_samples_per_prompt` samples per prompt are drawn
+    at `rm.policy_temperature`.
+    """
+    c = self.config
+    k = c.rm.policy_samples_per_prompt
+    examples = self.examples(split, n, seed_offset=4 if split == "train" else 5) * k
+    cfg = rollout_lib.RolloutConfig(max_new_tokens=c.ppo.max_new_tokens, eos_id=self.tokenizer.eos_id,
+                                    pad_id=self.tokenizer.pad_id, temperature=c.rm.policy_temperature)
+    texts = evaluate_lib.generate_texts(model, params, self.tokenizer, [e.messages for e in examples],
+                                        c.chat_template, c.max_prompt_len, cfg, c.eval.batch_size,
+                                        seed=c.seed * 1000 + 31 * SPLIT_IDS[split], desc=f"rm samples ({split})")
+    rows = []
+    for example, text in zip(examples, texts):
+      grade = testbed.grade(example.messages, text, world=self.world, example=example)
+      rows.append({"messages": list(example.messages) + [{"role": "assistant", "content": text}],
+                   "severity": grade.severity, "helpfulness": grade.helpfulness, "policy_sample": True})
+    return rows
+
 
 def open_workdir(workdir: str | pathlib.Path) -> Pipeline:
   """The `Pipeline` of a finished or running workdir, from the `config.json` its run saved."""
@@ -319,10 +349,13 @@ def _rm_arrays(p: Pipeline, rows: list[dict]) -> dict[str, np.ndarray]:
 
 def run_rm(p: Pipeline) -> dict:
   c = p.config
-  train = _rm_arrays(p, p.rm_rows("train", c.testbed.n_rm))
-  held = _rm_arrays(p, p.rm_rows("test", c.testbed.n_rm_eval))
-  _, sft_init = p.init_model(("lm",), seed_offset=1)
+  sft_model, sft_init = p.init_model(("lm",), seed_offset=1)
   sft_params = p.trained_params("sft", sft_init, "sft") if "sft" in c.stages else sft_init
+  train_rows, held_rows = p.rm_rows("train", c.testbed.n_rm), p.rm_rows("test", c.testbed.n_rm_eval)
+  if c.rm.policy_samples_per_prompt:
+    train_rows += p.policy_rm_rows("train", c.testbed.n_rm, sft_model, sft_params)
+    held_rows += p.policy_rm_rows("test", c.testbed.n_rm_eval, sft_model, sft_params)
+  train, held = _rm_arrays(p, train_rows), _rm_arrays(p, held_rows)
   model, fresh = p.init_model(("severity", "helpfulness"), seed_offset=2)
   params = graft(fresh, sft_params)  # the reward model starts from the SFT trunk
   weights = {"severity": c.rm.severity_weight, "helpfulness": c.rm.helpfulness_weight}
@@ -342,11 +375,17 @@ def run_rm(p: Pipeline) -> dict:
       loop_lib.LoopConfig(c.rm.steps, c.rm.log_every, c.rm.checkpoint_every, c.max_consecutive_nonfinite, "rm"))
   predictions = rm_lib.rm_predict(model, state.params, held, c.rm.batch_size, c.rm.helpfulness_loss)
   report = rm_lib.rm_report(predictions, held)
+  on_policy = np.asarray([bool(r.get("policy_sample")) for r in held_rows])
+  if on_policy.any():  # accuracy where PPO will query it: on the SFT policy's own samples
+    on_policy_report = rm_lib.rm_report(batching.take(predictions, on_policy), batching.take(held, on_policy))
+    report.update({f"policy_{k}": v for k, v in on_policy_report.items() if not isinstance(v, list)})
   (p.workdir / "rm" / "eval.json").write_text(json.dumps(report, indent=2))
   writer.write(c.rm.steps, {f"eval_{k}": v for k, v in report.items()})
   writer.close()
   print(f"[rm] held-out severity accuracy {report['severity_accuracy']:.3f}, ECE {report['severity_ece']:.3f}, "
-        f"helpfulness MAE {report.get('helpfulness_mae', float('nan')):.3f}\n"
+        f"helpfulness MAE {report.get('helpfulness_mae', float('nan')):.3f}; on the SFT policy's samples "
+        f"{report.get('policy_severity_accuracy', float('nan')):.3f} and "
+        f"{report.get('policy_helpfulness_mae', float('nan')):.3f}\n"
         f"[rm] severity confusion (rows = gold negligible..high): {report['severity_confusion']}", flush=True)
   return {k: v for k, v in report.items() if not isinstance(v, list)}
 

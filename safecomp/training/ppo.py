@@ -116,11 +116,42 @@ def initial_state(p, policy_params, tx=None) -> ppo_lib.RLTrainState:
   return ppo_lib.create_rl_state(policy_params, tx, ppo_config(c, p.tokenizer.eos_id))
 
 
+def actor_critic(p, trained: bool = True, rm_params: Any = None
+                 ) -> tuple[rollout_lib.ActorCritic, Any, Any]:
+  """(actor-critic, initial params, reference params) of the PPO stage, as `ppo.critic` says.
+
+  The policy starts as the SFT model and the reference is a frozen copy of it. "shared": a value head
+  on the policy's own trunk. "separate": a critic model of the same size with its own trunk, started
+  from the reward model's (`rm_params`, else the SFT trunk), so value-loss gradients never move the
+  policy. `trained=False` gives the same shapes without restoring any checkpoint.
+  """
+  c = p.config
+  lm_model, lm_init = p.init_model(("lm",), seed_offset=1)
+  sft_params = p.trained_params("sft", lm_init, "sft") if trained else lm_init
+  if c.ppo.critic == "shared":
+    model, init = p.init_model(("lm", "value"), seed_offset=3)
+    params = graft(init, sft_params)
+    return rollout_lib.ActorCritic(model), params, params
+  critic_model, critic_init = p.init_model(("value",), seed_offset=3)
+  critic_params = graft(critic_init, sft_params if rm_params is None else rm_params)
+  return (rollout_lib.ActorCritic(lm_model, critic_model), {"policy": sft_params, "critic": critic_params},
+          sft_params)
+
+
+def actor_shardings(actor: rollout_lib.ActorCritic, mesh) -> Any:
+  """Shardings of an actor-critic params tree (see `actor_critic`), by each model's logical axes."""
+  policy = parallel.param_shardings(actor.policy_model.config, mesh)
+  if actor.critic_model is None:
+    return policy
+  return {"policy": policy, "critic": parallel.param_shardings(actor.critic_model.config, mesh)}
+
+
 def final_policy_params(p) -> Any:
-  """The policy parameters of the completed PPO stage."""
-  _, policy_init = p.init_model(("lm", "value"), seed_offset=3)
-  abstract = jax.eval_shape(lambda: rl_tree(initial_state(p, policy_init)))
-  return p.final_params("ppo", abstract)["params"]
+  """The language-model parameters of the completed PPO policy (no value head)."""
+  actor, init, _ = actor_critic(p, trained=False)
+  abstract = jax.eval_shape(lambda: rl_tree(initial_state(p, init)))
+  params = actor.policy_params(p.final_params("ppo", abstract)["params"])
+  return {k: v for k, v in params.items() if k != "value_head"}
 
 
 def run_ppo(p) -> dict:
@@ -132,12 +163,10 @@ def run_ppo(p) -> dict:
                                        c.max_prompt_len)
   intents = np.asarray([INTENT_INDEX[e.intent] for e in examples], np.int32)
 
-  sft_model, sft_init = p.init_model(("lm",), seed_offset=1)
-  sft_params = p.trained_params("sft", sft_init, "sft")
-  policy_model, policy_init = p.init_model(("lm", "value"), seed_offset=3)
-  policy_params = graft(policy_init, sft_params)
-  ref_params = policy_params
-  del sft_model
+  on_device = c.reward.grader == "rm"
+  # A separate critic starts from the reward model's trunk when this run has one, else from SFT's.
+  rm_model, rm_params = p.trained_reward_model() if on_device else (None, None)
+  actor, policy_params, ref_params = actor_critic(p, rm_params=rm_params)
 
   cfg = ppo_config(c, tok.eos_id)
   state = initial_state(p, policy_params)
@@ -146,11 +175,7 @@ def run_ppo(p) -> dict:
       temperature=c.ppo.temperature, reward_kind=c.reward.kind,
       severity_to_safety=tuple(c.reward.severity_to_safety), helpfulness_kind=c.rm.helpfulness_loss)
 
-  def forward_fn(params, sequences, attention_mask):
-    out = policy_model.apply({"params": params}, sequences, attention_mask=attention_mask)
-    return out["logits"], out.get("values")
-
-  update = functools.partial(ppo_lib.ppo_update, forward_fn=forward_fn, config=cfg)
+  update = functools.partial(ppo_lib.ppo_update, forward_fn=actor.forward, config=cfg)
   base_key = jax.random.key(c.seed * 1000 + 77)
   n_unique = c.ppo.prompts_per_iteration // c.ppo.group_size
 
@@ -159,10 +184,8 @@ def run_ppo(p) -> dict:
     return {"prompts": prompts["tokens"][index], "prompt_mask": prompts["attention_mask"][index],
             "intent": intents[index], "index": index, "step": np.int32(step)}
 
-  on_device = c.reward.grader == "rm"
   if on_device:
-    rm_model, rm_params = p.trained_reward_model()
-    rollout = rollout_lib.make_rollout(policy_model, rm_model, roll_cfg)
+    rollout = rollout_lib.make_rollout(actor, rm_model, roll_cfg)
 
     def fused_step(state, batch, ref_params, rm_params):
       roll_key, update_key = jax.random.split(jax.random.fold_in(base_key, batch["step"]))
@@ -178,16 +201,17 @@ def run_ppo(p) -> dict:
     # Rollout and update as one step on the mesh: policy, reference and reward model split by
     # their logical axes, prompts over the data axes (each host feeds its own rows).
     parallel.check_batch_size(c.ppo.prompts_per_iteration, p.mesh, "ppo.prompts_per_iteration")
-    policy_sh = parallel.param_shardings(policy_model.config, p.mesh)
+    policy_sh = actor_shardings(actor, p.mesh)
+    ref_sh = parallel.param_shardings(actor.policy_model.config, p.mesh)
     rm_sh = parallel.param_shardings(rm_model.config, p.mesh)
     tx = state.tx  # one optimizer object: the state's tree structure must not change
     state, state_sh = parallel.init_sharded_state(lambda q: initial_state(p, q, tx), policy_params, policy_sh,
                                                   p.mesh)
-    ref_params, rm_params = parallel.place(ref_params, policy_sh), parallel.place(rm_params, rm_sh)
+    ref_params, rm_params = parallel.place(ref_params, ref_sh), parallel.place(rm_params, rm_sh)
     batch_sh = parallel.batch_shardings({k: v for k, v in batch_fn(0).items() if k != "index"}, p.mesh)
     rows = parallel.host_rows(batch_sh["prompts"], c.ppo.prompts_per_iteration)
     sharded_step = parallel.shard_step(fused_step, p.mesh, parallel.DEFAULT_RULES, state_sh, batch_sh,
-                                       extra_shardings=(policy_sh, rm_sh),
+                                       extra_shardings=(ref_sh, rm_sh),
                                        global_batch=c.ppo.prompts_per_iteration)
 
     def step_fn(state, batch):
@@ -196,7 +220,7 @@ def run_ppo(p) -> dict:
       state, metrics = sharded_step(state, local, ref_params, rm_params)
       return state, dict(metrics, prompt_index=index)
   else:
-    sampler = functools.partial(jax.jit(rollout_lib.make_sampler(policy_model, roll_cfg)), ref_params=ref_params)
+    sampler = functools.partial(jax.jit(rollout_lib.make_sampler(actor, roll_cfg)), ref_params=ref_params)
     @jax.jit
     def jit_update(state, roll, rng):
       new_state, metrics = update(state, roll, rng=rng)

@@ -77,5 +77,6 @@ def rm_report(predictions: dict[str, np.ndarray], labels: dict[str, np.ndarray])
   if "helpfulness" in labels:
     target = np.asarray(labels["helpfulness"], np.float32)
     report["helpfulness_mae"] = float(np.mean(np.abs(predictions["helpfulness"] - target)))
-    report["helpfulness_corr"] = float(np.corrcoef(predictions["helpfulness"], target)[0, 1])
+    varies = np.std(target) > 0 and np.std(predictions["helpfulness"]) > 0
+    report["helpfulness_corr"] = float(np.corrcoef(predictions["helpfulness"], target)[0, 1]) if varies else float("nan")
   return report

@@ -47,23 +47,49 @@ def sample(policy_model, policy_params, prompts, prompt_mask, rng, cfg: RolloutC
           "finished": out.finished}
 
 
-def score_policy(policy_model, policy_params, ref_params, batch: dict, cfg: RolloutConfig) -> dict:
-  """Old log-probs and values (policy) and reference log-probs on the sampled sequences."""
+@dataclasses.dataclass(frozen=True)
+class ActorCritic:
+  """The policy and its critic behind one params tree.
+
+  `critic_model=None`: the value head sits on the policy's own trunk (`policy_model` has heads
+  ("lm", "value")) and params is that model's tree. Otherwise the critic is a separate model with
+  heads ("value",) and params is {"policy": ..., "critic": ...}: value-loss gradients then never
+  reach the policy's weights.
+  """
+  policy_model: Any
+  critic_model: Any = None
+
+  def policy_params(self, params):
+    """The parameters `policy_model` samples with (and the reference is a copy of)."""
+    return params if self.critic_model is None else params["policy"]
+
+  def forward(self, params, sequences, attention_mask) -> tuple[jax.Array, jax.Array | None]:
+    """(logits [B, L, V], values [B, L] or None): the `forward_fn` of `safecomp.rl.ppo`."""
+    out = self.policy_model.apply({"params": self.policy_params(params)}, sequences,
+                                  attention_mask=attention_mask)
+    if self.critic_model is None:
+      return out["logits"], out.get("values")
+    critic = self.critic_model.apply({"params": params["critic"]}, sequences, attention_mask=attention_mask)
+    return out["logits"], critic["values"]
+
+
+def score_policy(actor: ActorCritic, params, ref_params, batch: dict, cfg: RolloutConfig) -> dict:
+  """Old log-probs and values (policy and critic) and reference log-probs on the sampled sequences.
+
+  `ref_params` are parameters of `actor.policy_model` (the frozen copy of the starting policy).
+  """
   n = batch["response_mask"].shape[1]
   responses = batch["sequences"][:, -n:]
 
-  def logp_values(params):
-    out = policy_model.apply({"params": params}, batch["sequences"], attention_mask=batch["attention_mask"])
-    logits = out["logits"][:, -n - 1:-1].astype(jnp.float32)
-    values = out.get("values")
-    values = jnp.zeros(responses.shape, jnp.float32) if values is None else values[:, -n - 1:-1]
-    return models.token_logprobs(logits, responses, cfg.temperature), values
+  def response_logprobs(logits):
+    return models.token_logprobs(logits[:, -n - 1:-1].astype(jnp.float32), responses, cfg.temperature)
 
-  old_logprobs, values = logp_values(policy_params)
-  ref_logprobs, _ = logp_values(ref_params)
+  logits, values = actor.forward(params, batch["sequences"], batch["attention_mask"])
+  values = jnp.zeros(responses.shape, jnp.float32) if values is None else values[:, -n - 1:-1]
+  ref = actor.policy_model.apply({"params": ref_params}, batch["sequences"], attention_mask=batch["attention_mask"])
   mask = batch["response_mask"]
-  return {"old_logprobs": old_logprobs * mask, "values": values.astype(jnp.float32) * mask,
-          "ref_logprobs": ref_logprobs * mask}
+  return {"old_logprobs": response_logprobs(logits) * mask, "values": values.astype(jnp.float32) * mask,
+          "ref_logprobs": response_logprobs(ref["logits"]) * mask}
 
 
 def score_reward_model(rm_model, rm_params, batch: dict, intent: jax.Array | None, cfg: RolloutConfig) -> dict:
@@ -78,28 +104,28 @@ def score_reward_model(rm_model, rm_params, batch: dict, intent: jax.Array | Non
           "severity_probs": jax.nn.softmax(out["severity_logits"].astype(jnp.float32), -1)}
 
 
-def make_rollout(policy_model, rm_model, cfg: RolloutConfig):
-  """`rollout(policy_params, ref_params, rm_params, prompts, prompt_mask, intent, rng) -> dict`.
+def make_rollout(actor: ActorCritic, rm_model, cfg: RolloutConfig):
+  """`rollout(params, ref_params, rm_params, prompts, prompt_mask, intent, rng) -> dict`.
 
   One pure function (jit it once): generation, policy/reference log-probs, values and the reward-model
-  reward, all in a single compiled computation.
+  reward, all in a single compiled computation. `params` is the actor-critic tree (see `ActorCritic`).
   """
 
-  def rollout(policy_params, ref_params, rm_params, prompts, prompt_mask, intent, rng) -> dict[str, Any]:
-    batch = sample(policy_model, policy_params, prompts, prompt_mask, rng, cfg)
-    batch.update(score_policy(policy_model, policy_params, ref_params, batch, cfg))
+  def rollout(params, ref_params, rm_params, prompts, prompt_mask, intent, rng) -> dict[str, Any]:
+    batch = sample(actor.policy_model, actor.policy_params(params), prompts, prompt_mask, rng, cfg)
+    batch.update(score_policy(actor, params, ref_params, batch, cfg))
     batch.update(score_reward_model(rm_model, rm_params, batch, intent, cfg))
     return batch
 
   return rollout
 
 
-def make_sampler(policy_model, cfg: RolloutConfig):
-  """`sample_and_score(policy_params, ref_params, prompts, prompt_mask, rng) -> dict` without rewards."""
+def make_sampler(actor: ActorCritic, cfg: RolloutConfig):
+  """`sample_and_score(params, ref_params, prompts, prompt_mask, rng) -> dict` without rewards."""
 
-  def sample_and_score(policy_params, ref_params, prompts, prompt_mask, rng):
-    batch = sample(policy_model, policy_params, prompts, prompt_mask, rng, cfg)
-    batch.update(score_policy(policy_model, policy_params, ref_params, batch, cfg))
+  def sample_and_score(params, ref_params, prompts, prompt_mask, rng):
+    batch = sample(actor.policy_model, actor.policy_params(params), prompts, prompt_mask, rng, cfg)
+    batch.update(score_policy(actor, params, ref_params, batch, cfg))
     return batch
 
   return sample_and_score
