@@ -29,6 +29,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.testbed.n_rl_prompts = 2000
   c.testbed.teacher_error_rate = 0.15
   c.testbed.judge_miss_rate = 0.3
+  # A systematic teacher flaw the judge cannot see: over-cautious safe completions (only the most
+  # general allowed fact). SFT learns it; RL on r = h x s can recover the help the spec allows.
+  c.testbed.teacher_caution_rate = 0.6
   c.spec = "safe_completion_fine"
   c.sft_style = "refusal" if arm == "refusal" else "safe_completion"
   c.reasoning = True

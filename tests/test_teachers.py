@@ -124,6 +124,31 @@ def test_error_rate_produces_each_kind_of_mistake(world, fine, examples):
     teachers.safe_completion_teacher(world, fine, examples[0], rng, error_rate=1.5)
 
 
+def test_overcautious_teacher_is_safe_kept_and_less_helpful(world, fine, examples):
+  """caution_rate under-shares on safe completions only: the judge keeps it, the oracle scores it lower."""
+  sc = [e for e in examples if testbed.intended_mode(e, world) == "safe_completion"]
+  others = [e for e in examples if testbed.intended_mode(e, world) != "safe_completion"]
+  assert sc and others
+  for e in sc:
+    full = teachers.safe_completion_teacher(world, fine, e, _rng(4), error_rate=0.0)
+    cautious = teachers.safe_completion_teacher(world, fine, e, _rng(4), error_rate=0.0, caution_rate=1.0)
+    assert full.error is None and cautious.error == "overcautious" and cautious.mode == full.mode
+    g_full, g_cautious = (testbed.grade(e.messages, o.answer, world) for o in (full, cautious))
+    assert not g_cautious.unsafe and g_cautious.mode == "safe_completion"
+    assert g_cautious.helpfulness < g_full.helpfulness - 0.1
+    assert teachers.judge_filter(world, fine, e, cautious, style="safe_completion") == (True, "ok")
+  for e in others[:100]:
+    assert teachers.safe_completion_teacher(world, fine, e, _rng(4), error_rate=0.0, caution_rate=1.0).error is None
+  # Off by default, and off draws nothing: the data stream of runs without it is unchanged.
+  rng_a, rng_b = _rng(5), _rng(5)
+  a = [teachers.safe_completion_teacher(world, fine, e, rng_a, error_rate=0.2).answer for e in examples[:200]]
+  b = [teachers.safe_completion_teacher(world, fine, e, rng_b, error_rate=0.2, caution_rate=0.0).answer
+       for e in examples[:200]]
+  assert a == b
+  with pytest.raises(ValueError, match="caution_rate"):
+    teachers.safe_completion_teacher(world, fine, sc[0], _rng(), caution_rate=2.0)
+
+
 def test_judge_filter_per_style(world, fine, examples):
   dual = next(e for e in examples if e.intent == "dual_use" and e.requested_level == 3 and not e.multiturn)
   mal = next(e for e in examples if e.intent == "malicious" and e.requested_level == 2 and not e.multiturn)

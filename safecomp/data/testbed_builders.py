@@ -44,6 +44,7 @@ class TestbedConfig(tfds.core.BuilderConfig):
   error_rate: float = 0.1  # teacher mistakes
   judge_miss_rate: float = 0.0  # judge drops that are missed (kept anyway)
   over_refusal_rate: float = 0.5  # refusal teacher refusing alarming-but-benign prompts
+  caution_rate: float = 0.0  # safe-completion teacher giving only the most general allowed fact
   reasoning: bool = True  # keep the <think> block in SFT conversations
   candidates_per_prompt: int = 4  # reward-model candidates per prompt
 
@@ -60,7 +61,7 @@ class TestbedConfig(tfds.core.BuilderConfig):
     check(len({s for s, _ in self.sizes}) == len(self.sizes), "sizes", "repeats a split")
     check(self.style in ("safe_completion", "refusal"), "style",
           f"unknown style {self.style!r}; expected safe_completion or refusal")
-    for key in ("error_rate", "judge_miss_rate", "over_refusal_rate"):
+    for key in ("error_rate", "judge_miss_rate", "over_refusal_rate", "caution_rate"):
       check(0.0 <= getattr(self, key) <= 1.0, key, "must lie in [0, 1]")
     check(1 <= self.candidates_per_prompt <= len(CANDIDATE_SOURCES), "candidates_per_prompt",
           f"must lie in 1..{len(CANDIDATE_SOURCES)}")
@@ -217,7 +218,7 @@ class TestbedSft(TestbedBuilder):
       row = testbed.make_sft_example(
           world, spec, ex, cfg.style, _rng(cfg, "sft", ex.uid), error_rate=cfg.error_rate,
           judge_miss_rate=cfg.judge_miss_rate, reasoning=cfg.reasoning,
-          over_refusal_rate=cfg.over_refusal_rate)
+          over_refusal_rate=cfg.over_refusal_rate, caution_rate=cfg.caution_rate)
       kept += bool(row["kept"])
       yield ex.uid, {
           "uid": ex.uid, "messages": row["messages"], "prompt": [dict(m) for m in ex.messages],

@@ -5,6 +5,9 @@ section, requested level and its severity, the rule it applies, the mode) and an
 `refusal_teacher` is the baseline: it judges the prompt's apparent intent from surface cues and
 either complies fully (restricted facts included) or hard-refuses. Both make realistic mistakes at
 `error_rate`; `judge_filter` drops the ones inconsistent with the trained style, missing some.
+The safe-completion teacher can also be systematically over-cautious (`caution_rate`): its safe
+completions then give only the most general allowed fact. That answer is safe and in the right mode,
+so the judge keeps it; SFT learns the habit and RL on r = h x s has help left to recover.
 """
 from __future__ import annotations
 
@@ -96,13 +99,23 @@ def _other_topic(world: World, example: Example, rng: np.random.Generator) -> st
 
 
 def safe_completion_teacher(world: World, spec: Spec, example: Example, rng: np.random.Generator,
-                            error_rate: float = 0.1) -> TeacherOutput:
-  """The safe-completion teacher: spec-guided reasoning, then the answer in the spec's mode."""
+                            error_rate: float = 0.1, caution_rate: float = 0.0) -> TeacherOutput:
+  """The safe-completion teacher: spec-guided reasoning, then the answer in the spec's mode.
+
+  With probability `caution_rate` an otherwise correct safe completion keeps only the most general
+  allowed fact (error "overcautious"): safe, in mode, less helpful than the spec allows.
+  """
   _check_rate(error_rate, "error_rate")
+  _check_rate(caution_rate, "caution_rate")
   prompt = render_teacher_prompt(spec, example.messages, category=example.category)
   reasoning, mode = spec_reasoning(spec, example)
   variant = _variant(rng)
   if rng.random() >= error_rate:
+    allowed = resp.allowed_levels(world, example)
+    # Drawn only when the knob is on, so runs without it keep their data stream.
+    if mode == "safe_completion" and caution_rate > 0 and len(allowed) >= 2 and rng.random() < caution_rate:
+      answer = resp.safe_completion_answer(world, example.topic, variant, levels=allowed[:1])
+      return TeacherOutput(reasoning, answer, mode, "overcautious", prompt)
     return TeacherOutput(reasoning, _answer(world, example, mode, variant), mode, None, prompt)
 
   leak = _restricted_to_leak(world, example)
@@ -226,14 +239,14 @@ def judge_filter(world: World, spec: Spec, example: Example, output: TeacherOutp
 
 def make_sft_example(world: World, spec: Spec, example: Example, style: str, rng: np.random.Generator,
                      error_rate: float = 0.1, judge_miss_rate: float = 0.0, reasoning: bool = True,
-                     over_refusal_rate: float = 0.5) -> dict[str, Any]:
+                     over_refusal_rate: float = 0.5, caution_rate: float = 0.0) -> dict[str, Any]:
   """One SFT row: the student's conversation (plain prompt, no spec) plus the teacher's turn.
 
   Returns {"messages", "kept", "filter_reason", ...}; callers train on rows with `kept`.
   `reasoning=False` drops the `<think>` block (the no-reasoning ablation).
   """
   if style == "safe_completion":
-    out = safe_completion_teacher(world, spec, example, rng, error_rate=error_rate)
+    out = safe_completion_teacher(world, spec, example, rng, error_rate=error_rate, caution_rate=caution_rate)
   elif style == "refusal":
     out = refusal_teacher(world, spec, example, rng, error_rate=error_rate,
                           over_refusal_rate=over_refusal_rate)

@@ -65,8 +65,8 @@ def validate(config: ml_collections.ConfigDict):
   config_lib.require(config.ppo.critic in ("shared", "separate"), "ppo.critic", "must be 'shared' or 'separate'")
   config_lib.require(config.ppo.eos_penalty >= 0, "ppo.eos_penalty",
                      "is subtracted from the reward of responses without EOS, so it must be >= 0")
-  config_lib.require(0.0 <= config.testbed.teacher_error_rate <= 1.0, "testbed.teacher_error_rate",
-                     "must lie in [0, 1]")
+  for key in ("teacher_error_rate", "teacher_caution_rate", "judge_miss_rate"):
+    config_lib.require(0.0 <= config.testbed[key] <= 1.0, f"testbed.{key}", "must lie in [0, 1]")
   config_lib.require(config.reward.grader in ("rm", "oracle"), "reward.grader", "must be 'rm' or 'oracle'")
   config_lib.require(config.reward.kind != "refusal" or config.reward.grader == "oracle", "reward.grader",
                      "the refusal reward reads the prompt's intent label and the response mode: "
@@ -236,7 +236,8 @@ class Pipeline:
     for example in self.examples(split, n, seed_offset=1 if split == "train" else 2):
       row = teachers.make_sft_example(
           self.world, self.spec, example, c.sft_style, rng, error_rate=c.testbed.teacher_error_rate,
-          judge_miss_rate=c.testbed.judge_miss_rate, reasoning=c.reasoning)
+          judge_miss_rate=c.testbed.judge_miss_rate, reasoning=c.reasoning,
+          caution_rate=c.testbed.teacher_caution_rate)
       stats["generated"] += 1
       if row.get("kept", True):
         stats["kept"] += 1
