@@ -89,6 +89,12 @@ def test_refusal_reward_needs_the_oracle_grader(tmp_path):
     pipeline.run(tiny_config("refusal", **{"reward.grader": "rm"}), tmp_path)
 
 
+@pytest.mark.parametrize("key", ["teacher_error_rate", "teacher_caution_rate", "judge_miss_rate"])
+def test_testbed_rates_must_be_probabilities(tmp_path, key):
+  with pytest.raises(ConfigError, match=f"testbed.{key}"):
+    pipeline.run(tiny_config(**{f"testbed.{key}": 1.5}), tmp_path)
+
+
 def _cli(*args, cwd):
   return subprocess.run([sys.executable, "-m", "safecomp.train", *args], cwd=cwd, capture_output=True,
                         text=True, timeout=300)
