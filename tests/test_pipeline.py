@@ -158,7 +158,7 @@ def test_policy_rm_rows_are_oracle_labelled_samples(demo_run):
   params = p.trained_params("sft", init, "sft")
   rows = p.policy_rm_rows("test", 5, model, params)
   assert len(rows) == 10 and all(r["policy_sample"] for r in rows)
-  examples = p.examples("test", 5, seed_offset=5) * 2
+  examples = p.rm_examples("test", 5) * 2
   assert [r["messages"][:-1] for r in rows] == [list(e.messages) for e in examples]
   for row, example in zip(rows, examples):
     grade = testbed.grade(example.messages, row["messages"][-1]["content"], world=p.world, example=example)

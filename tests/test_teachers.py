@@ -139,12 +139,12 @@ def test_overcautious_teacher_is_safe_kept_and_less_helpful(world, fine, example
     assert teachers.judge_filter(world, fine, e, cautious, style="safe_completion") == (True, "ok")
   for e in others[:100]:
     assert teachers.safe_completion_teacher(world, fine, e, _rng(4), error_rate=0.0, caution_rate=1.0).error is None
-  # Off by default, and off draws nothing: the data stream of runs without it is unchanged.
-  rng_a, rng_b = _rng(5), _rng(5)
-  a = [teachers.safe_completion_teacher(world, fine, e, rng_a, error_rate=0.2).answer for e in examples[:200]]
-  b = [teachers.safe_completion_teacher(world, fine, e, rng_b, error_rate=0.2, caution_rate=0.0).answer
-       for e in examples[:200]]
-  assert a == b
+  # The caution draw happens only on safe completions: on other prompts the data stream is unchanged.
+  rng_off, rng_on = _rng(5), _rng(5)
+  off = [teachers.safe_completion_teacher(world, fine, e, rng_off, error_rate=0.2).answer for e in others[:200]]
+  on = [teachers.safe_completion_teacher(world, fine, e, rng_on, error_rate=0.2, caution_rate=0.9).answer
+        for e in others[:200]]
+  assert off == on
   with pytest.raises(ValueError, match="caution_rate"):
     teachers.safe_completion_teacher(world, fine, sc[0], _rng(), caution_rate=2.0)
 

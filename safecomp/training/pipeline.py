@@ -245,6 +245,10 @@ class Pipeline:
     return conversations, stats
 
 
+  def rm_examples(self, split: str, n: int) -> list:
+    """The reward model's prompts: hand-made candidates and policy samples answer the same ones."""
+    return self.examples(split, n, seed_offset=4 if split == "train" else 5)
+
   def rm_rows(self, split: str, n: int) -> list[dict]:
     """Reward-model rows: candidate responses of every kind (see `testbed.candidates`), oracle-labelled.
 
@@ -258,7 +262,7 @@ class Pipeline:
       return train if split == "train" else held
     rng = np.random.default_rng([c.seed, 13, SPLIT_IDS[split]])
     rows = []
-    for example in self.examples(split, n, seed_offset=4 if split == "train" else 5):
+    for example in self.rm_examples(split, n):
       picks = rng.choice(len(testbed.CANDIDATE_SOURCES), size=c.testbed.rm_candidates_per_prompt,
                          replace=False)
       for k in sorted(int(i) for i in picks):
@@ -282,7 +286,7 @@ class Pipeline:
     """
     c = self.config
     k = c.rm.policy_samples_per_prompt
-    examples = self.examples(split, n, seed_offset=4 if split == "train" else 5) * k
+    examples = self.rm_examples(split, n) * k
     cfg = rollout_lib.RolloutConfig(max_new_tokens=c.ppo.max_new_tokens, eos_id=self.tokenizer.eos_id,
                                     pad_id=self.tokenizer.pad_id, temperature=c.rm.policy_temperature)
     texts = evaluate_lib.generate_texts(model, params, self.tokenizer, [e.messages for e in examples],
