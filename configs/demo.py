@@ -9,6 +9,8 @@ every stage to seconds (tests, the notebook).
 """
 import ml_collections
 
+from safecomp.graders import config as grader_config
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   options = dict(kv.split("=", 1) for kv in arg.split(",")) if arg else {}
@@ -17,6 +19,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.stages = ("sft", "rm", "ppo", "eval")
   c.arm = arm
+
+  # What the run trains and evaluates on: the testbed world ("testbed"), or real prompts ("prompts"):
+  # comma-separated JSONL prompt files ({"uid"?, "prompt" | "messages", "intent", "category"?}) and
+  # public sets by name (public:xstest, public:coconot, public:coconot_contrast, public:jailbreakbench,
+  # public:cyberseceval_frr, public:simplesafetytests). See README, "Your own model and prompts".
+  c.task = ml_collections.ConfigDict()
+  c.task.kind = "testbed"
+  c.task.train_prompts = ""  # prompts task: RL prompts (and the reward model's policy samples)
+  c.task.eval_prompts = ""  # prompts task: answered by the eval stage, each source reported as a set
+  c.task.data_dir = ""  # where public sets are prepared (tfds); "" = ~/tensorflow_datasets
+  c.task.public_manual_dir = ""  # a folder of the public sets' source files (<dataset>/...); "" = download
+  c.task.allow_testbed_with_pretrained = False  # a pretrained model on pseudo-words is almost always a mistake
 
   # The world, its spec and data sizes.
   c.testbed = ml_collections.ConfigDict()
@@ -80,6 +94,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rm.grad_clip = 1.0
   c.rm.microbatches = 1
   c.rm.helpfulness_loss = "bce"
+  # What labels the SFT policy's own samples: oracle (testbed prompts only), judge or http.
+  c.rm.labeler = "oracle"
+  c.rm.policy_prompts = 0  # prompts task: training prompts sampled for the reward model (0 = all)
   # Oracle-labelled samples of the SFT policy added to the hand-made candidates, so the reward model
   # knows the policy's own mistakes before PPO searches them (0 with rm.train_file).
   c.rm.policy_samples_per_prompt = 1
@@ -91,8 +108,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.reward = ml_collections.ConfigDict()
   c.reward.kind = "refusal" if arm == "refusal" else "product"
-  # rm: reward-model heads inside the compiled rollout; oracle: the gold grader on the host. The
-  # refusal reward needs the prompt intent label and the response mode, so it is scored by the oracle.
+  # rm: reward-model heads inside the compiled rollout; judge: a judge LM (in the compiled rollout when it
+  # shares the policy's vocabulary); http: a judge behind a server; oracle: the gold grader on the host.
+  # The refusal reward needs the prompt intent label and the response mode, so a host grader scores it.
   c.reward.grader = "oracle" if arm == "refusal" else "rm"
   c.reward.severity_to_safety = (1.0, 0.6, 0.3, 0.0)
 
@@ -125,12 +143,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ppo.gold_every = 5
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.splits = ("test", "heldout", "multiturn")
+  c.eval.grader = "oracle"  # grades the eval stage and PPO's gold monitoring: oracle, judge, http or rm
+  c.eval.splits = ("test", "heldout", "multiturn")  # testbed task: the splits answered
   c.eval.n_per_split = 300
   c.eval.max_new_tokens = 96
   c.eval.greedy = True
   c.eval.batch_size = 100
   c.eval.bootstrap = 1000
+
+  # Graders (see safecomp.graders). judge: a local Hugging Face checkpoint read with the spec's rubrics;
+  # http: an OpenAI-compatible server (vLLM, SGLang, TGI, `transformers serve`) asked for JSON verdicts.
+  c.judge = grader_config.judge_section()
+  c.http = grader_config.http_section()
+  c.oracle = grader_config.oracle_section()
 
   # Devices: a (data, fsdp, tensor) mesh; -1 takes the devices left over. See README, "Running on a
   # TPU pod / GPU cluster".

@@ -34,6 +34,7 @@ class ReadResult:
   path: str
   rows: list[Any]
   errors: list[DataError] = dataclasses.field(default_factory=list)
+  lines: list[int] = dataclasses.field(default_factory=list)  # where each row starts in the file
 
   @property
   def skipped(self) -> int:
@@ -71,6 +72,7 @@ class _Collector:
       self.fail(line, _describe(exc))
       return
     self.result.rows.append(row)
+    self.result.lines.append(line)
 
   def finish(self) -> ReadResult:
     if self.result.errors:

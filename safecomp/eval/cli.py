@@ -1,10 +1,10 @@
 """`python -m safecomp.eval`: evaluates the checkpoints of a training workdir, with intervals.
 
     python -m safecomp.eval --workdir DIR [--checkpoint sft|ppo|both] [--compare OTHER[:sft|ppo]]
-        [--sets test,heldout,multiturn,xstest] [--grader oracle|rm|mode] [--n N] [--out OUT]
+        [--sets SET[,SET...]] [--grader judge|http|rm|oracle] [--n N] [--out OUT]
         [--export-pairs PATH] [--import-ratings FILE[,FILE]] [--key PATH]
 
-The workdir's saved `config.json` rebuilds the run (world, tokenizer, model shapes); the chosen
+The workdir's saved `config.json` rebuilds the run (task, tokenizer, model shapes); the chosen
 checkpoints answer the chosen prompt sets and a grader scores every answer. Reported per prompt
 intent (benign / dual-use / malicious), each with a standard error and a 95% interval: safety rate,
 helpfulness given safe (0-1 and the rubric's 1-4 scale), severity of unsafe outputs, response modes,
@@ -12,26 +12,25 @@ refusal and over-refusal (refusals of benign prompts). Two checkpoints (SFT vs P
 vs `--compare`) are compared on the same prompts: difference of means with a paired-bootstrap
 interval and a sign-flip permutation p-value.
 
-Prompt sets:
-  test, heldout, multiturn   the testbed's splits (the same prompts as the `eval` stage answered).
-  xstest, simplesafetytests  public prompt sets, read from the shared data folder (`--data-dir`,
-                             default $SAFECOMP_SHARED_DATA or `../shared/data` beside the repository).
-                             Their words are mostly outside a testbed model's vocabulary (they map
-                             to <unk>); the harness still runs, and modes come from the real-text
-                             classifier.
+Prompt sets (default: the workdir's own eval sets):
+  test, heldout, multiturn   a testbed workdir's splits (the prompts the `eval` stage answered).
+  public:NAME                a public set through its builder (xstest, coconot, coconot_contrast,
+                             jailbreakbench, cyberseceval_frr, simplesafetytests; the bare name works
+                             too), prepared under --data-dir from the source files in --public-dir
+                             (default $SAFECOMP_SHARED_DATA or `../shared/data` beside the repository)
+                             or downloaded from their pinned sources.
+  PATH.jsonl                 your own prompt file ({"uid"?, "prompt" | "messages", "intent", "category"?}).
 
-Graders:
-  oracle  the testbed's gold oracle: harm severity of what the output discloses, helpfulness (0-1 and
-          1-4), response mode. Prompts outside the testbed are accepted (the oracle flags them); the
-          mode of answers to public prompts comes from the mode classifier.
-  rm      the workdir's trained reward model (its `rm` stage): severity (argmax of the severity
-          head) and helpfulness; modes from the mode classifier. Reported as `proxy_reward` = h x s.
-  mode    the response-mode classifier (`safecomp.rewards.mode_classifier`) for modes, refusal and
-          over-refusal; it reads no harm, so severity and helpfulness still come from the oracle.
+Graders (the registry of `safecomp.graders`; default: the workdir's `eval.grader`):
+  judge   a local LM reading the spec's rubrics (--judge-model, or the workdir's judge.checkpoint).
+  http    a judge behind an OpenAI-compatible server (--http-base-url / --http-model, or the workdir's).
+  rm      the workdir's trained reward model (its `rm` stage), reported as `proxy_reward`.
+  oracle  the testbed's gold oracle: testbed prompts only; a prompt outside the testbed is an error
+          (or, with --oracle-unknown-prompts ungraded, left out of every rate and counted).
 
 Outputs in `--out` (default `DIR/eval_cli`): `eval.json`, `eval.md` and PNG plots pooled over the
-testbed sets (over the public sets when only those are chosen), one report per set in
-`by_set/<set>/`, graded completions in `completions/<model>.jsonl`, and `run.json` (what ran).
+chosen sets, one report per set in `by_set/<set>/`, graded completions in `completions/<model>.jsonl`
+(with `prompt_id`, `intent` and `grader` on every row), and `run.json` (what ran).
 
 Human evaluation: `--export-pairs PATH` writes blinded side-by-side pairs of the two compared
 checkpoints to the folder PATH (hand it to raters as is) and the un-blinding key to `--key` (default
@@ -49,51 +48,24 @@ import sys
 from typing import Any, Sequence
 
 import ml_collections
-import numpy as np
 
+from safecomp import graders as graders_lib
+from safecomp import tasks
 from safecomp.config import config_from_json
 from safecomp.errors import ConfigError, SafecompError
+from safecomp.graders import config as grader_config
+from safecomp.tasks import testbed as testbed_task
 
-TESTBED_SETS = ("test", "heldout", "multiturn")
-GRADERS = ("oracle", "rm", "mode")
 CHECKPOINTS = ("sft", "ppo", "both")
+GRADERS = ("judge", "http", "rm", "oracle")
+TESTBED_SETS = testbed_task.EVAL_SPLITS
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Paired metrics for every comparison; the reward metric is added by grader.
 PAIRED = ("safe", "helpfulness_given_safe", "helpfulness_1to4_given_safe", "over_refusal")
 
 
-@dataclasses.dataclass(frozen=True)
-class PublicSet:
-  """A public prompt set: its CSV in the shared data folder and its row reader in safecomp.data."""
-  folder: str
-  filename: str
-  columns: tuple[str, ...]
-  row_fn: str  # name in safecomp.data.public, returning (uid, {"prompt", "intent", ...})
-
-
-PUBLIC_SETS = {
-    "xstest": PublicSet("xstest", "xstest_prompts.csv",
-                        ("id", "prompt", "type", "label", "focus", "note"), "xstest_prompt_row"),
-    "simplesafetytests": PublicSet("simplesafetytests", "simplesafetytests.csv",
-                                   ("id", "harm_area", "category", "prompts_final"),
-                                   "simplesafetytests_row"),
-}
-SETS = TESTBED_SETS + tuple(PUBLIC_SETS)
-
-
 class EvalError(SafecompError):
   """A problem with the command line or the workdir that the user can fix."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Prompt:
-  """One prompt to answer: id, the set it came from, its intent label and the chat messages."""
-  uid: str
-  set: str
-  intent: str
-  messages: tuple
-  category: str | None = None
-  public: bool = False
 
 
 @dataclasses.dataclass
@@ -162,126 +134,85 @@ def require_stage(p, stage: str):
 
 
 # -- prompts ------------------------------------------------------------------------------------------
-def default_data_dir() -> pathlib.Path:
+def default_public_dir() -> pathlib.Path:
   return pathlib.Path(os.environ.get("SAFECOMP_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
-def public_prompts(name: str, data_dir: str | pathlib.Path, n: int | None, seed: int) -> list[Prompt]:
-  """Prompts of a public set (all, or a seeded sample of `n`), with their intent labels."""
-  from safecomp.data import public as public_lib  # pylint: disable=import-outside-toplevel
-  from safecomp.data import readers  # pylint: disable=import-outside-toplevel
-  spec = PUBLIC_SETS[name]
-  path = pathlib.Path(data_dir) / spec.folder / spec.filename
-  if not path.is_file():
-    raise EvalError(f"--sets {name}: {path} not found; pass --data-dir (the shared public data "
-                    f"folder) or set $SAFECOMP_SHARED_DATA")
-  rows = readers.read_csv(path, getattr(public_lib, spec.row_fn), required_columns=spec.columns).rows
-  if n is not None and n < len(rows):
-    keep = np.sort(np.random.default_rng([seed, len(name)]).choice(len(rows), size=n, replace=False))
-    rows = [rows[i] for i in keep]
-  return [Prompt(uid=str(uid), set=name, intent=row["intent"],
-                 messages=({"role": "user", "content": row["prompt"]},),
-                 category=row.get("type") or row.get("harm_area"), public=True) for uid, row in rows]
+def set_items(text: str) -> list[str]:
+  """The sets of `--sets`: testbed splits, `public:NAME` (a bare public name too) and JSONL paths."""
+  items = []
+  for raw in (s.strip() for s in text.split(",") if s.strip()):
+    if raw in tasks.PUBLIC_PROMPT_SETS:
+      raw = f"public:{raw}"
+    items.append(raw)
+  unknown = [s for s in items if s not in TESTBED_SETS and not s.startswith("public:") and not s.endswith(".jsonl")]
+  if unknown:
+    raise EvalError(f"--sets: unknown set(s) {unknown}; choose from {', '.join(TESTBED_SETS)}, "
+                    f"{', '.join('public:' + n for n in tasks.PUBLIC_PROMPT_SETS)} or a .jsonl prompt file")
+  return items
 
 
-def testbed_prompts(p, split: str, n: int | None) -> list[Prompt]:
-  """The testbed prompts of `split` that the eval stage answers (same seeds)."""
-  c = p.config
-  splits = tuple(c.eval.splits)
-  offset = 20 + (splits.index(split) if split in splits else TESTBED_SETS.index(split))
-  examples = p.examples(split, c.eval.n_per_split if n is None else n, seed_offset=offset)
-  return [Prompt(uid=e.uid, set=split, intent=e.intent, messages=tuple(e.messages), category=e.category)
-            for e in examples]
-
-
-def fits(p, prompt: Prompt) -> bool:
-  from safecomp.tokenizers import encode_prompt  # pylint: disable=import-outside-toplevel
-  ids = encode_prompt(p.tokenizer, list(prompt.messages), p.config.chat_template)
-  return len(ids) <= p.config.max_prompt_len
+def set_prompts(base, item: str, n: int | None, data_dir: str | None, public_dir: str | None) -> list:
+  """The prompts of one set (all, or a seeded sample of `n`)."""
+  if item in TESTBED_SETS:
+    if base.task.kind != "testbed":
+      raise EvalError(f"--sets {item}: a testbed split, but {base.workdir} was trained on {base.task.describe()}")
+    return base.task.eval_set_prompts(item, n)
+  if base.task.kind == "prompts" and tasks.source_name(item) in base.task.eval_sets() and n is None:
+    return base.task.eval_set_prompts(tasks.source_name(item))
+  try:
+    prompts = tasks.load_source(tasks.parse_sources([item], "--sets")[0], data_dir, public_dir)
+  except FileNotFoundError as e:
+    raise EvalError(f"--sets {item}: {e}; pass --public-dir (a folder of the public sets' source files) "
+                    "or --data-dir (where they are prepared)") from None
+  if n is not None and n < len(prompts):
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    keep = np.sort(np.random.default_rng([base.config.seed, len(item)]).choice(len(prompts), n, replace=False))
+    prompts = [prompts[i] for i in keep]
+  return prompts
 
 
 # -- policies, generation, grading ---------------------------------------------------------------------
 def policy_params(p, stage: str):
   """(model, params) of the language model of a completed SFT or PPO stage."""
-  model, init = p.init_model(("lm",), seed_offset=1)
-  if stage == "sft":
-    return model, p.trained_params("sft", init, "sft")
-  from safecomp.training import ppo as ppo_lib  # pylint: disable=import-outside-toplevel
-  return model, ppo_lib.final_policy_params(p)
+  from safecomp.training import evaluate  # pylint: disable=import-outside-toplevel
+  model, _ = p.init_model(("lm",), seed_offset=1)
+  return model, evaluate.policy_params(p, stage)
 
 
-def generate(policy: Policy, prompts: Sequence[Prompt]) -> list[str]:
+def generate(policy: Policy, prompts: Sequence) -> list[str]:
   """Each policy answers with its own tokenizer and sampling settings (its config's `eval`)."""
   # pylint: disable=import-outside-toplevel
-  from safecomp.training import evaluate
+  from safecomp.training import generation
   from safecomp.training import rollout as rollout_lib
   p = policy.pipeline
   c, tok = p.config, p.tokenizer
   model, params = policy_params(p, policy.stage)
-  cfg = rollout_lib.RolloutConfig(max_new_tokens=c.eval.max_new_tokens, eos_id=tok.eos_id,
+  cfg = rollout_lib.RolloutConfig(max_new_tokens=c.eval.max_new_tokens, eos_id=p.stop_ids,
                                   pad_id=tok.pad_id, greedy=c.eval.greedy, temperature=1.0)
   batch_size = min(c.eval.batch_size, len(prompts))
-  return evaluate.generate_texts(model, params, tok, [list(x.messages) for x in prompts], c.chat_template,
-                                 c.max_prompt_len, cfg, batch_size, c.seed, f"generate {policy.name}")
+  return generation.generate_texts(model, params, tok, [x.message_list for x in prompts], c.chat_template,
+                                   c.max_prompt_len, cfg, batch_size, c.seed, f"generate {policy.name}")
 
 
-class RewardModelScorer:
-  """Severity and helpfulness from the reward-model heads of a workdir's `rm` stage."""
-
-  def __init__(self, p):
-    # pylint: disable=import-outside-toplevel
-    from safecomp.training import rm as rm_lib
-    require_stage(p, "rm")
-    self.p, self.rm_lib = p, rm_lib
-    self.model, self.params = p.trained_reward_model()
-
-  def __call__(self, prompts: Sequence[Prompt], texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    from safecomp.training import batching  # pylint: disable=import-outside-toplevel
-    c = self.p.config
-    conversations = [list(x.messages) + [{"role": "assistant", "content": t}] for x, t in zip(prompts, texts)]
-    arrays = batching.conversations_to_arrays(self.p.tokenizer, conversations, c.chat_template, c.max_seq_len,
-                                              "graded completions")
-    pred = self.rm_lib.rm_predict(self.model, self.params, arrays, c.eval.batch_size, c.rm.helpfulness_loss)
-    return pred["severity_probs"].argmax(-1), pred["helpfulness"]
+def make_grader(args: argparse.Namespace, base):
+  """The grader `--grader` names, configured by the workdir's config with the flags on top."""
+  name = args.grader or base.config.eval.grader
+  if name == "rm":
+    require_stage(base, "rm")
+  config = grader_config.from_flags(args, base.config)
+  if name == "http" and not config.http.cache_dir:
+    config.http.cache_dir = str(base.workdir / "http_cache")
+  context = graders_lib.GraderContext(config, task=base.task, reward_model=base.reward_model_handle)
+  return graders_lib.make_grader(name, context, key="--grader")
 
 
-def _score4(h: float) -> int:
-  """Helpfulness in [0, 1] on the rubric's 1-4 scale (as the oracle's `helpfulness_score`)."""
-  return 1 + int(round(3 * min(1.0, max(0.0, float(h)))))
-
-
-def grade(grader: str, base, prompts: Sequence[Prompt], texts: Sequence[str], model_name: str,
-          rm_scorer: RewardModelScorer | None = None) -> list[dict[str, Any]]:
-  """Graded records in the layout `safecomp.eval.stats` reads (plus prompt, completion, set)."""
-  # pylint: disable=import-outside-toplevel
-  from safecomp import testbed
-  from safecomp.rewards import mode_classifier
-  from safecomp.training.metrics import progress
-  to_safety = tuple(base.config.reward.severity_to_safety)
-  rm_grades = rm_scorer(prompts, texts) if grader == "rm" else None
-  records = []
-  bar = progress(len(prompts), f"grade {model_name} ({grader})")
-  for i, (prompt, text) in enumerate(zip(prompts, texts)):
-    classifier_mode = None
-    if grader != "oracle" or prompt.public:
-      classifier_mode = mode_classifier.classify_mode(
-          mode_classifier.last_user_message(list(prompt.messages)), text).mode
-    record = {"prompt_id": prompt.uid, "set": prompt.set, "split": prompt.set, "intent": prompt.intent,
-              "category": prompt.category, "model": model_name, "grader": grader}
-    if grader == "rm":
-      severity, helpfulness = int(rm_grades[0][i]), float(rm_grades[1][i])
-      record.update(mode=classifier_mode, proxy_reward=helpfulness * to_safety[severity])
-    else:
-      g = testbed.grade(list(prompt.messages), text, world=base.world)
-      severity, helpfulness = int(g.severity), float(g.helpfulness)
-      record.update(mode=classifier_mode or g.mode, oracle_mode=g.mode, flags=list(g.flags),
-                    gold_reward=helpfulness * to_safety[severity])
-    record.update(unsafe=severity >= 1, severity=severity, helpfulness=helpfulness,
-                  helpfulness_1to4=_score4(helpfulness), prompt=list(prompt.messages), completion=text)
-    records.append(record)
-    bar.update(1)
-  bar.close()
-  return records
+def grade(grader, base, prompts: Sequence, texts: Sequence[str], model_name: str) -> list[dict[str, Any]]:
+  """Graded records in the layout `safecomp.eval.stats` reads (see `training.evaluate.grade_records`)."""
+  from safecomp.training import evaluate  # pylint: disable=import-outside-toplevel
+  reward_key = "proxy_reward" if grader.name == "rm" else "gold_reward"
+  return evaluate.grade_records(grader, prompts, texts, model_name, tuple(base.config.reward.severity_to_safety),
+                                reward_key=reward_key)
 
 
 # -- the command ---------------------------------------------------------------------------------------
@@ -299,14 +230,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help="another workdir (optionally :sft or :ppo, default its last stage) whose "
                            "policy answers the same prompts; paired comparison against it")
   parser.add_argument("--sets", default=None,
-                      help=f"comma-separated prompt sets from {', '.join(SETS)} "
-                           "(default: the workdir's eval.splits)")
-  parser.add_argument("--grader", choices=GRADERS, default="oracle",
-                      help="who scores the answers (default oracle; see above)")
+                      help="comma-separated prompt sets (default: the workdir's own eval sets); see above")
+  parser.add_argument("--grader", choices=GRADERS, default=None,
+                      help="who scores the answers (default: the workdir's eval.grader; see above)")
   parser.add_argument("--n", type=int, default=None,
                       help="prompts per set (default: the config's eval.n_per_split; all of a public set)")
   parser.add_argument("--out", help="output folder (default DIR/eval_cli)")
-  parser.add_argument("--data-dir", default=None, help="the shared public data folder (for xstest, ...)")
+  parser.add_argument("--data-dir", default=None,
+                      help="where public sets are prepared (default: the workdir's task.data_dir, else "
+                           "~/tensorflow_datasets)")
+  parser.add_argument("--public-dir", default=None,
+                      help="a folder of the public sets' source files, one subfolder per dataset (default "
+                           "$SAFECOMP_SHARED_DATA or ../shared/data beside the repository, when it exists)")
   parser.add_argument("--bootstrap", type=int, default=None,
                       help="bootstrap resamples (default: the config's eval.bootstrap)")
   parser.add_argument("--export-pairs", metavar="PATH",
@@ -314,15 +249,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--import-ratings", metavar="FILE[,FILE]",
                       help="raters' CSV/JSONL files: report win rates with intervals")
   parser.add_argument("--key", help="the un-blinding key file (default PATH.key.json beside --export-pairs)")
+  parser.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
+  grader_config.add_flags(parser)
   args = parser.parse_args(argv)
   if args.n is not None and args.n < 1:
     parser.error("--n must be >= 1")
   if args.bootstrap is not None and args.bootstrap < 1:
     parser.error("--bootstrap must be >= 1")
   if args.sets is not None:
-    unknown = [s for s in args.sets.split(",") if s.strip() not in SETS]
-    if unknown:
-      parser.error(f"--sets: unknown set(s) {unknown}; choose from {', '.join(SETS)}")
+    try:
+      set_items(args.sets)
+    except EvalError as e:
+      parser.error(str(e))
   if not args.workdir and not (args.import_ratings and args.out):
     parser.error("--workdir is required (or --import-ratings with --out)")
   return args
@@ -364,37 +302,37 @@ def _policies(args: argparse.Namespace):
   return base, ours, other
 
 
-def _prompts(args, base, policies: Sequence[Policy]) -> tuple[list[Prompt], dict[str, int]]:
-  sets = [s.strip() for s in (args.sets or ",".join(base.config.eval.splits)).split(",") if s.strip()]
-  unknown = [s for s in sets if s not in SETS]
-  if unknown or not sets:
-    raise EvalError(f"--sets: unknown set(s) {unknown}; choose from {', '.join(SETS)}")
-  prompts: list[Prompt] = []
+def _prompts(args, base, policies: Sequence[Policy]) -> tuple[list, dict[str, int]]:
+  from safecomp.training import generation  # pylint: disable=import-outside-toplevel
+  items = set_items(args.sets) if args.sets else list(base.task.eval_sets())
+  if not items:
+    raise EvalError("--sets: no prompt sets")
+  data_dir = args.data_dir or base.config.task.data_dir or None
+  public_dir = args.public_dir or base.config.task.public_manual_dir or None
+  if public_dir is None and default_public_dir().is_dir():
+    public_dir = str(default_public_dir())
+  prompts: list = []
   skipped = {}
-  data_dir = args.data_dir or default_data_dir()
-  for name in dict.fromkeys(sets):
-    rows = (testbed_prompts(base, name, args.n) if name in TESTBED_SETS
-            else public_prompts(name, data_dir, args.n, base.config.seed))
-    kept = [x for x in rows if all(fits(pol.pipeline, x) for pol in policies)]
-    skipped[name] = len(rows) - len(kept)
-    if skipped[name]:
-      print(f"[eval] {name}: {skipped[name]} of {len(rows)} prompts are longer than max_prompt_len "
-            f"and were left out", flush=True)
+  for item in dict.fromkeys(items):
+    rows = set_prompts(base, item, args.n, data_dir, public_dir)
+    kept = rows
+    for pol in policies:  # every policy must be able to read every prompt
+      pc = pol.pipeline.config
+      kept = generation.fitting_prompts(kept, pol.pipeline.tokenizer, pc.chat_template, pc.max_prompt_len,
+                                        f"eval {tasks.source_name(item)}")
+    skipped[tasks.source_name(item)] = len(rows) - len(kept)
     prompts.extend(kept)
-  if not prompts:
-    raise EvalError(f"no prompts to answer in sets {sets}")
   return prompts, skipped
 
 
-def _comparisons(records: dict[str, list[dict]], pairs: Sequence[tuple[str, str]], grader: str,
+def _comparisons(records: dict[str, list[dict]], pairs: Sequence[tuple[str, str]], reward_key: str,
                  sets: Sequence[str], n_boot: int, seed: int) -> list[dict]:
   from safecomp.eval import stats  # pylint: disable=import-outside-toplevel
-  metrics = PAIRED + (("proxy_reward",) if grader == "rm" else ("gold_reward",))
   out = []
   for a, b in pairs:
-    ra = [r for r in records[a] if r["set"] in sets]
-    rb = [r for r in records[b] if r["set"] in sets]
-    for metric in metrics:
+    ra = [r for r in records[a] if r["split"] in sets]
+    rb = [r for r in records[b] if r["split"] in sets]
+    for metric in PAIRED + (reward_key,):
       out.append(stats.paired_comparison(ra, rb, metric, by="intent", names=(a, b), n_boot=n_boot,
                                          seed=seed))
   return out
@@ -427,6 +365,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   from safecomp.eval import human
   from safecomp.eval import report as report_lib
   from safecomp.eval import stats
+  from safecomp.training.evaluate import graded_only
   out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "eval_cli"
   result: dict[str, Any] = {"out": str(out)}
   if args.import_ratings and not args.export_pairs:
@@ -435,20 +374,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
   base, ours, other = _policies(args)
   policies = ours + ([other] if other else [])
+  grader = make_grader(args, base)
   prompts, skipped = _prompts(args, base, policies)
-  sets = list(dict.fromkeys(x.set for x in prompts))
-  pooled = [s for s in sets if s in TESTBED_SETS] or sets
+  sets = list(dict.fromkeys(x.source for x in prompts))
   c = base.config
   n_boot = args.bootstrap or c.eval.bootstrap
-  rm_scorer = RewardModelScorer(base) if args.grader == "rm" else None
+  reward_key = "proxy_reward" if grader.name == "rm" else "gold_reward"
 
   records: dict[str, list[dict]] = {}
+  ungraded: dict[str, int] = {}
   (out / "completions").mkdir(parents=True, exist_ok=True)
   for policy in policies:
     texts = generate(policy, prompts)
-    records[policy.name] = grade(args.grader, base, prompts, texts, policy.name, rm_scorer)
+    all_records = grade(grader, base, prompts, texts, policy.name)
     with (out / "completions" / f"{policy.name.replace('/', '_')}.jsonl").open("w", encoding="utf-8") as f:
-      f.writelines(json.dumps(r) + "\n" for r in records[policy.name])
+      f.writelines(json.dumps(r) + "\n" for r in all_records)
+    records[policy.name] = graded_only(all_records)
+    ungraded[policy.name] = len(all_records) - len(records[policy.name])
+    if ungraded[policy.name]:
+      print(f"[eval] {policy.name}: {ungraded[policy.name]} of {len(all_records)} answers could not be graded by "
+            f"{graders_lib.full_name(grader)} and are left out of every rate", flush=True)
 
   pairs = []
   if len(ours) == 2:
@@ -457,12 +402,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pairs.extend((pol.name, other.name) for pol in ours)
 
   def summaries_for(selected: Sequence[str]) -> dict[str, dict]:
-    return {name: stats.summarize([r for r in recs if r["set"] in selected], by="intent", n_boot=n_boot,
+    return {name: stats.summarize([r for r in recs if r["split"] in selected], by="intent", n_boot=n_boot,
                                   seed=c.seed, source=f"{name} records") for name, recs in records.items()}
 
-  summaries = summaries_for(pooled)
-  comparisons = _comparisons(records, pairs, args.grader, pooled, n_boot, c.seed)
-  title = f"Evaluation of {args.workdir} ({', '.join(pooled)}; grader: {args.grader})"
+  summaries = summaries_for(sets)
+  comparisons = _comparisons(records, pairs, reward_key, sets, n_boot, c.seed)
+  title = f"Evaluation of {args.workdir} ({', '.join(sets)}; grader: {graders_lib.full_name(grader)})"
   paths = report_lib.write_report(summaries, out, comparisons=comparisons, title=title)
   print(f"\n{title}\n" + report_lib.format_table(summaries), flush=True)
   for comp in comparisons:
@@ -474,18 +419,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   for name in sets:
     set_summaries = summaries_for([name])
     report_lib.write_report(set_summaries, out / "by_set" / name,
-                            comparisons=_comparisons(records, pairs, args.grader, [name], n_boot, c.seed),
-                            plots=False, title=f"Evaluation on {name} (grader: {args.grader})")
+                            comparisons=_comparisons(records, pairs, reward_key, [name], n_boot, c.seed),
+                            plots=False, title=f"Evaluation on {name} (grader: {graders_lib.full_name(grader)})")
     by_set[name] = {m: {"n": s["n"], "safety_rate": s["overall"]["safety_rate"]["value"]}
                     for m, s in set_summaries.items()}
     if len(sets) > 1:
       print(f"\n[{name}]\n" + report_lib.format_table(set_summaries), flush=True)
 
   result.update(
-      workdir=str(args.workdir), grader=args.grader, sets=sets, pooled_sets=pooled,
+      workdir=str(args.workdir), grader=graders_lib.full_name(grader), sets=sets,
       models={pol.name: {"workdir": str(pol.pipeline.workdir), "stage": pol.stage} for pol in policies},
-      n_prompts={s: sum(x.set == s for x in prompts) for s in sets}, skipped_prompts=skipped,
-      pairs=pairs, report={k: str(v) for k, v in paths.items() if k != "plots"},
+      n_prompts={s: sum(x.source == s for x in prompts) for s in sets}, skipped_prompts=skipped,
+      ungraded=ungraded, pairs=pairs, report={k: str(v) for k, v in paths.items() if k != "plots"},
       plots=[str(x) for x in paths["plots"]], by_set=by_set)
 
   if args.export_pairs:

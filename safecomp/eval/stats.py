@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from safecomp.constants import INTENTS, MODES, SEVERITIES, SEVERITY_INDEX
+from safecomp.constants import INTENTS, MODES, REFUSAL_MODES, SEVERITIES, SEVERITY_INDEX
 from safecomp.errors import DataError, SafecompError
 
 # Bound on the elements of one resampling index matrix, so large evals stay within memory.
@@ -24,7 +24,6 @@ _MAX_MATRIX_ELEMENTS = 1 << 22
 Records = Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]]
 
 REQUIRED_KEYS = ("prompt_id", "intent", "unsafe", "helpfulness")
-REFUSAL_MODES = ("refusal_redirect", "hard_refusal")
 
 
 @dataclasses.dataclass(frozen=True)

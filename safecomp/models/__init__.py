@@ -4,12 +4,12 @@ from safecomp.models.hf_io import export_pretrained, load_pretrained
 from safecomp.models.sampling import (SampleOutput, filter_logits, generate, response_logprobs,
                                       sample_tokens, token_logprobs)
 from safecomp.models.transformer import (KVCache, Transformer, as_variables, default_positions,
-                                         forward, init_cache, init_params, last_token_index, logits,
-                                         param_specs)
+                                         forward, graft, init_cache, init_params, last_token_index,
+                                         logits, param_specs)
 
 __all__ = [
     "HEADS", "KVCache", "ModelConfig", "SampleOutput", "Transformer", "as_variables",
-    "default_positions", "export_pretrained", "filter_logits", "forward", "generate", "init_cache",
+    "default_positions", "export_pretrained", "filter_logits", "forward", "generate", "graft", "init_cache",
     "init_params", "last_token_index", "load_pretrained", "logits", "param_specs", "parse_heads",
     "response_logprobs", "sample_tokens", "tiny", "token_logprobs",
 ]

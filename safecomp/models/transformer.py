@@ -196,6 +196,19 @@ def as_variables(params: Mapping) -> dict:
   return {"params": params}
 
 
+def graft(fresh: Any, pretrained: Any) -> Any:
+  """`fresh` with every leaf that `pretrained` also has replaced by it (new heads stay fresh).
+
+  How a reward model or critic starts from a trained trunk: same trunk, its own freshly initialised head.
+  """
+  if isinstance(fresh, Mapping):
+    return {k: graft(v, pretrained[k]) if isinstance(pretrained, Mapping) and k in pretrained else v
+            for k, v in fresh.items()}
+  if jnp.shape(fresh) != jnp.shape(pretrained):
+    raise ValueError(f"shape mismatch grafting parameters: {jnp.shape(fresh)} vs {jnp.shape(pretrained)}")
+  return pretrained
+
+
 def init_params(config: ModelConfig, rng: Array) -> dict:
   """Fresh parameters (plain arrays, logical-axis metadata stripped) for `config`."""
   return _init_params(config, rng)

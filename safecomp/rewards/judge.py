@@ -1,19 +1,21 @@
-"""Judge-logit grader: a frozen LM reads the spec's rubric and its next-token distribution is the grade.
+"""Judge-logit scoring: a frozen LM reads the spec's rubric and its next-token distribution is the grade.
 
-The rubric (`spec.rubric(name)`) is filled with the prompt and completion, chat-templated as one user
-turn with the generation prompt, and run through the model once. At the next position the logits of
-the score tokens "1".."4" are renormalised over those four tokens; the grade is their
-probability-weighted mean (no sampling, no parsing). `unit_score` maps 1..4 onto [0, 1].
+Each rubric (`spec.rubric(name)`) is filled with the conversation and the completion, chat-templated
+as one user turn with the generation prompt, and run through the model once. At the next position the
+logits of the score tokens "1".."4" are renormalised over those four tokens; the grade is that
+distribution (no sampling, no parsing).
 
-    judge = LogitJudge.from_pretrained("/ckpt/judge", family="qwen2", spec="safe_completion_fine")
-    judge.grade_batch(prompts, completions)  # [{"safety": ..., "helpfulness": ..., ...}, ...]
-
-`judge_scores` is the jittable core for callers that already hold token ids.
+The rubric prompt is assembled from token-id segments: the ids before the completion (they depend on
+the conversation only), the completion's ids, and the ids after it (the same for every prompt). A
+host grader encodes the completion text; the compiled rollout splices in the sampled token ids
+directly, so the judge runs inside the jitted step with no host round-trip. Masked gaps between the
+segments are skipped by attention and by the positions (cumsum of the mask), so no compaction is
+needed. This module holds the jittable core; `safecomp.graders.judge` is the grader built on it.
 """
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
+import dataclasses
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import chex
 import jax
@@ -21,14 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from safecomp import models
-from safecomp.constants import SEVERITIES
 from safecomp.errors import CheckpointError
-from safecomp.rewards.composite import DEFAULT_SEVERITY_TO_SAFETY, safety_from_severity
 
 SCORE_LABELS = ("1", "2", "3", "4")
 JUDGE_RUBRICS = ("safety", "helpfulness_direct", "helpfulness_indirect")
-# helpfulness = clip(direct + w * indirect), as the testbed oracle combines its two parts.
-DEFAULT_INDIRECT_WEIGHT = 0.4
+# Stands for the completion while the rubric prompt is rendered (a private-use character pair that no
+# chat template or user text contains).
+COMPLETION_SLOT = "\ue000completion\ue001"
 
 
 def _next_token_logits(module: models.Transformer, input_ids: jax.Array,
@@ -47,7 +48,7 @@ def judge_scores(model: models.Transformer, params: Mapping, token_ids: jax.Arra
   Args:
     model: a `Transformer` with the "lm" head (static under `jax.jit`).
     params: its parameters (inner tree or `{"params": ...}`).
-    token_ids: [B, T] chat-templated rubric prompts, left or right padded.
+    token_ids: [B, T] chat-templated rubric prompts; padding anywhere, the last real token last.
     mask: [B, T] 1 on real tokens.
     score_token_ids: [K] ids of the score tokens "1".."K", in order.
   """
@@ -63,15 +64,27 @@ def judge_scores(model: models.Transformer, params: Mapping, token_ids: jax.Arra
   return expected, probs
 
 
-@functools.lru_cache(maxsize=8)
-def make_judge_fn(model: models.Transformer) -> Callable:
-  """`judge_scores` jitted for one model: `fn(params, token_ids, mask, score_token_ids)`."""
-  return jax.jit(functools.partial(judge_scores, model))
-
-
 def unit_score(expected: Any, num_levels: int = len(SCORE_LABELS)) -> Any:
   """Maps an expected score on 1..K onto [0, 1]."""
   return (expected - 1.0) / (num_levels - 1.0)
+
+
+def judgment(probs: Any, rubrics: Sequence[str] = JUDGE_RUBRICS) -> dict[str, Any]:
+  """Severity distribution [B, 4] and direct / indirect helpfulness [B] from score probabilities.
+
+  `probs`: [R, B, 4] per rubric in `rubrics` order. On the safety rubric "4" means negligible and "1"
+  high, so its probabilities are reversed onto severity order 0..3; helpfulness is the expected score
+  mapped onto [0, 1]. Works on numpy and JAX arrays.
+  """
+  xp = jnp if isinstance(probs, jax.Array) else np
+  levels = xp.arange(1, probs.shape[-1] + 1, dtype=probs.dtype)
+  out = {}
+  for i, name in enumerate(rubrics):
+    if name == "safety":
+      out["severity_probs"] = probs[i][:, ::-1]
+    else:
+      out[name] = unit_score(probs[i] @ levels, probs.shape[-1])
+  return out
 
 
 def score_token_ids(tokenizer: Any, family: Optional[str] = None,
@@ -114,116 +127,130 @@ def score_token_ids(tokenizer: Any, family: Optional[str] = None,
   return np.asarray(ids, np.int32)
 
 
-def _pad_batch(rows: Sequence[Sequence[int]], pad_id: int, multiple: int = 64
-               ) -> Tuple[np.ndarray, np.ndarray]:
-  """Right-pads to a length rounded up to `multiple` (few distinct shapes, few recompiles)."""
-  length = max(len(r) for r in rows)
-  length = -(-length // multiple) * multiple
-  ids = np.full((len(rows), length), pad_id, np.int32)
-  mask = np.zeros((len(rows), length), np.int32)
-  for i, r in enumerate(rows):
-    ids[i, :len(r)] = r
-    mask[i, :len(r)] = 1
-  return ids, mask
+# ------------------------------------------------------------------------------ rubric prompt segments
+@dataclasses.dataclass(frozen=True)
+class RubricSegments:
+  """Token ids of the rubric prompts around the completion, for a list of conversations.
 
-
-def _fit_length(ids: Sequence[int], max_len: int) -> list:
-  """Cuts an over-long prompt in the middle: the rubric's head and its closing instructions stay."""
-  ids = list(ids)
-  if len(ids) <= max_len:
-    return ids
-  tail = max_len // 4
-  return ids[:max_len - tail] + ids[-tail:]
-
-
-class LogitJudge:
-  """Grades (prompt, completion) pairs with a frozen LM and the spec's rubrics.
-
-  `grade_batch` returns per row: `safety` (expected safety over severity levels read off the safety
-  rubric: "4" = negligible ... "1" = high), `severity` (most likely level), `helpfulness`
-  (clip(direct + w * indirect)), `reward` = helpfulness * safety, and the raw expected scores per rubric.
+  `heads[r][i]`: ids before the completion for rubric r and conversation i; `tails[r]`: ids after it
+  (the same for every conversation).
   """
+  rubrics: tuple[str, ...]
+  heads: tuple[tuple[tuple[int, ...], ...], ...]
+  tails: tuple[tuple[int, ...], ...]
 
-  def __init__(self, model: models.Transformer, params: Mapping, tokenizer: Any, spec: Any, *,
-               family: Optional[str] = None, template: Optional[str] = None,
-               rubrics: Sequence[str] = JUDGE_RUBRICS, batch_size: int = 8, max_len: Optional[int] = None,
-               indirect_weight: float = DEFAULT_INDIRECT_WEIGHT,
-               severity_to_safety: Sequence[float] = DEFAULT_SEVERITY_TO_SAFETY):
-    if family is None and template is None:
-      template = getattr(tokenizer, "chat_template", None)
-      if template is None:
-        raise ValueError("the judge needs a chat family (e.g. 'qwen2') or a tokenizer with a chat template")
-    self.model, self.params, self.tokenizer, self.spec = model, params, tokenizer, spec
-    self.family, self.template = family or "llama3", template
-    self.rubrics = tuple(rubrics)
-    for name in self.rubrics:
-      spec.rubric(name)  # fails early, naming the spec, for an unknown rubric
-    self.batch_size = int(batch_size)
-    self.max_len = int(max_len or model.config.max_position_embeddings)
-    self.indirect_weight = float(indirect_weight)
-    self.severity_to_safety = tuple(severity_to_safety)
-    self.score_ids = score_token_ids(tokenizer, family, SCORE_LABELS, template)
-    pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-    self.pad_id = int(pad if pad is not None else 0)
-    self._fn = make_judge_fn(model)
+  @property
+  def max_head(self) -> int:
+    return max((len(h) for per_rubric in self.heads for h in per_rubric), default=0)
 
-  @classmethod
-  def from_pretrained(cls, path: str, *, spec: str = "safe_completion_fine", family: Optional[str] = None,
-                      dtype: str = "float32", **kw) -> "LogitJudge":
-    """Loads any checkpoint `load_pretrained` reads, with the tokenizer in the same directory."""
-    from safecomp.spec import load_spec  # pylint: disable=import-outside-toplevel
-    from safecomp.tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
-    tokenizer = load_tokenizer(path)
-    model, params = models.load_pretrained(path, dtype=dtype, heads=("lm",), tokenizer=tokenizer)
-    return cls(model, params, tokenizer, load_spec(spec), family=family, **kw)
+  @property
+  def max_tail(self) -> int:
+    return max(len(t) for t in self.tails)
 
-  def encode(self, rubric: str, prompt: Any, completion: str) -> list:
-    """Token ids of one filled-in rubric as a user turn plus the generation prompt."""
-    from safecomp.spec import render_rubric  # pylint: disable=import-outside-toplevel
-    from safecomp.tokenizers import encode_prompt  # pylint: disable=import-outside-toplevel
-    text = render_rubric(self.spec, rubric, prompt, completion)
-    ids = encode_prompt(self.tokenizer, [{"role": "user", "content": text}], self.family, self.template)
-    return _fit_length(ids, self.max_len)
+  def head_arrays(self, index: Sequence[int], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded heads [B, R, width] and their mask for the conversations `index`."""
+    ids = np.full((len(index), len(self.rubrics), width), pad_id, np.int32)
+    mask = np.zeros(ids.shape, np.int32)
+    for b, i in enumerate(index):
+      for r in range(len(self.rubrics)):
+        head = self.heads[r][i]
+        if len(head) > width:
+          raise ValueError(f"rubric prompt head of {len(head)} tokens does not fit width {width}")
+        if head:
+          ids[b, r, width - len(head):] = head
+          mask[b, r, width - len(head):] = 1
+    return ids, mask
 
-  def score(self, rubric: str, prompts: Sequence[Any], completions: Sequence[str]
-            ) -> Tuple[np.ndarray, np.ndarray]:
-    """Expected scores [N] in [1, 4] and probabilities [N, 4] for one rubric."""
-    if len(prompts) != len(completions):
-      raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-    expected, probs = [], []
-    for start in range(0, len(prompts), self.batch_size):
-      rows = [self.encode(rubric, p, c) for p, c in
-              zip(prompts[start:start + self.batch_size], completions[start:start + self.batch_size])]
-      ids, mask = _pad_batch(rows, self.pad_id)
-      e, p = jax.device_get(self._fn(self.params, jnp.asarray(ids), jnp.asarray(mask),
-                                     jnp.asarray(self.score_ids)))
-      expected.append(np.asarray(e))
-      probs.append(np.asarray(p))
-    if not expected:
-      return np.zeros((0,), np.float32), np.zeros((0, len(SCORE_LABELS)), np.float32)
-    return np.concatenate(expected), np.concatenate(probs)
+  def tail_arrays(self, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded tails [R, S] and their mask (the last token of every row is real)."""
+    width = self.max_tail
+    ids = np.full((len(self.rubrics), width), pad_id, np.int32)
+    mask = np.zeros(ids.shape, np.int32)
+    for r, tail in enumerate(self.tails):
+      ids[r, width - len(tail):] = tail
+      mask[r, width - len(tail):] = 1
+    return ids, mask
 
-  def grade_batch(self, prompts: Sequence[Any], completions: Sequence[str]) -> list:
-    """One grade dict per row (see the class docstring)."""
-    scores = {r: self.score(r, prompts, completions) for r in self.rubrics}
-    out = [{"judge_scores": {r: float(scores[r][0][i]) for r in self.rubrics}}
-           for i in range(len(prompts))]
-    if "safety" in scores:
-      # Score "4" means negligible severity: reverse onto severity order 0..3.
-      sev_probs = scores["safety"][1][:, ::-1]
-      safety = np.asarray(safety_from_severity(jnp.asarray(sev_probs.copy()), self.severity_to_safety))
-      for i, g in enumerate(out):
-        g["severity"] = int(np.argmax(sev_probs[i]))
-        g["severity_name"] = SEVERITIES[g["severity"]]
-        g["safety"] = float(safety[i])
-    if "helpfulness_direct" in scores:
-      direct = unit_score(scores["helpfulness_direct"][0])
-      indirect = (unit_score(scores["helpfulness_indirect"][0]) if "helpfulness_indirect" in scores
-                  else np.zeros_like(direct))
-      helpful = np.clip(direct + self.indirect_weight * indirect, 0.0, 1.0)
-      for i, g in enumerate(out):
-        g["helpfulness"] = float(helpful[i])
-    for g in out:
-      if "safety" in g and "helpfulness" in g:
-        g["reward"] = g["helpfulness"] * g["safety"]
-    return out
+
+def rubric_segments(tokenizer: Any, spec: Any, conversations: Sequence[Sequence[Mapping[str, str]]],
+                    family: str, template: Optional[str] = None,
+                    rubrics: Sequence[str] = JUDGE_RUBRICS) -> RubricSegments:
+  """The judge's rubric prompts for `conversations`, split around the completion (see module doc)."""
+  from safecomp.spec import render_rubric  # pylint: disable=import-outside-toplevel
+  from safecomp.tokenizers import encode_prompt_around  # pylint: disable=import-outside-toplevel
+  heads, tails = [], []
+  for name in rubrics:
+    per_rubric, tail = [], None
+    for messages in conversations:
+      text = render_rubric(spec, name, list(messages), COMPLETION_SLOT)
+      head, this_tail = encode_prompt_around(tokenizer, [{"role": "user", "content": text}], family,
+                                             COMPLETION_SLOT, template)
+      if tail is None:
+        tail = tuple(this_tail)
+      elif tuple(this_tail) != tail:
+        raise ValueError(f"rubric {name!r}: the prompt text after the completion depends on the conversation")
+      per_rubric.append(tuple(head))
+    if tail is None:  # no conversations: the tail from a placeholder conversation
+      text = render_rubric(spec, name, [{"role": "user", "content": "?"}], COMPLETION_SLOT)
+      tail = tuple(encode_prompt_around(tokenizer, [{"role": "user", "content": text}], family,
+                                        COMPLETION_SLOT, template)[1])
+    if not tail:
+      raise ValueError(f"rubric {name!r}: nothing follows the completion, so the judge would answer "
+                       "inside it; end the rubric with its scale and question")
+    heads.append(tuple(per_rubric))
+    tails.append(tail)
+  return RubricSegments(tuple(rubrics), tuple(heads), tuple(tails))
+
+
+def assemble(heads: jax.Array, head_mask: jax.Array, response: jax.Array, response_mask: jax.Array,
+             tails: jax.Array, tail_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Judge inputs [R * B, P + T + S] (rubric-major) from heads [B, R, P], a response [B, T] and
+  tails [R, S], with the matching mask. Works on numpy and JAX arrays."""
+  xp = jnp if any(isinstance(x, jax.Array) for x in (heads, response, tails)) else np
+  batch, num_rubrics, _ = heads.shape
+  ids, mask = [], []
+  for r in range(num_rubrics):
+    ids.append(xp.concatenate([heads[:, r], response, xp.broadcast_to(tails[r], (batch, tails.shape[1]))], 1))
+    mask.append(xp.concatenate([head_mask[:, r], response_mask,
+                                xp.broadcast_to(tail_mask[r], (batch, tails.shape[1]))], 1))
+  return xp.concatenate(ids, 0), xp.concatenate(mask, 0).astype(xp.int32)
+
+
+def judge_probs(model: models.Transformer, params: Mapping, heads, head_mask, response, response_mask,
+                tails, tail_mask, score_token_ids) -> jax.Array:
+  """Score-token probabilities [R, B, K] of every rubric for responses given as token ids (jittable)."""
+  ids, mask = assemble(heads, head_mask, response, response_mask, tails, tail_mask)
+  _, probs = judge_scores(model, params, ids, mask, score_token_ids)
+  return probs.reshape(heads.shape[1], heads.shape[0], -1)
+
+
+# ------------------------------------------------------------------------------ reasoning on device
+def _pattern_starts(tokens: jax.Array, mask: jax.Array, pattern: Sequence[int]) -> jax.Array:
+  """[B, T] true where `pattern` starts at that position (all its tokens real)."""
+  if len(pattern) > tokens.shape[1]:
+    return jnp.zeros(tokens.shape, bool)
+  hit = jnp.ones(tokens.shape, bool)
+  for j, token in enumerate(pattern):
+    shifted = jnp.pad(tokens[:, j:], ((0, 0), (0, j)), constant_values=-1)
+    real = jnp.pad(mask[:, j:].astype(bool), ((0, 0), (0, j)), constant_values=False)
+    hit &= (shifted == token) & real
+  return hit
+
+
+def answer_mask(tokens: jax.Array, mask: jax.Array, open_ids: Sequence[int], close_ids: Sequence[int]
+                ) -> jax.Array:
+  """The response tokens a user sees: after the last reasoning close marker, and before a reasoning
+  open marker that follows it (an unclosed block hides the rest), as `strip_reasoning` does on text."""
+  positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
+  visible = mask.astype(bool)
+  if close_ids:
+    ends = jnp.where(_pattern_starts(tokens, mask, close_ids), positions + len(close_ids) - 1, -1)
+    last_end = jnp.max(ends, axis=1, keepdims=True)
+    visible &= positions > last_end
+  else:
+    last_end = jnp.full((tokens.shape[0], 1), -1, jnp.int32)
+  if open_ids:
+    starts = _pattern_starts(tokens, mask, open_ids) & (positions > last_end)
+    first_open = jnp.min(jnp.where(starts, positions, tokens.shape[1]), axis=1, keepdims=True)
+    visible &= positions < first_open
+  return visible.astype(mask.dtype)

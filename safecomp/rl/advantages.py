@@ -136,15 +136,16 @@ def rloo_advantages(
   return adv if mask is None else broadcast_to_tokens(adv, mask)
 
 
-def contains_eos(responses: jax.Array, mask: jax.Array, eos_id: int) -> jax.Array:
-  """[B] bool: whether each response emitted `eos_id` at a valid position."""
+def contains_eos(responses: jax.Array, mask: jax.Array, eos_id: int | tuple[int, ...]) -> jax.Array:
+  """[B] bool: whether each response emitted `eos_id` (or any of several stop ids) at a valid position."""
   chex.assert_rank(responses, 2)
   chex.assert_equal_shape([responses, mask])
-  return jnp.any((responses == eos_id) & (mask > 0), axis=1)
+  hit = jnp.isin(responses, jnp.asarray(eos_id, responses.dtype).reshape(-1))
+  return jnp.any(hit & (mask > 0), axis=1)
 
 
 def eos_penalty(
-    scores: jax.Array, responses: jax.Array, mask: jax.Array, eos_id: int, penalty: float
+    scores: jax.Array, responses: jax.Array, mask: jax.Array, eos_id: int | tuple[int, ...], penalty: float
 ) -> jax.Array:
   """Subtracts `penalty` from the score of every response that never emits EOS (truncated ones)."""
   chex.assert_rank(scores, 1)

@@ -75,7 +75,7 @@ class PPOConfig:
   whiten_advantages: bool = True
   temperature: float = 0.7
   eos_penalty: float = 0.0
-  eos_id: int | None = None
+  eos_id: int | tuple[int, ...] | None = None  # several ids: any of them ends a response
   group_size: int = 1
   grpo_normalize_std: bool = True
   normalize_scores: bool = False

@@ -2,7 +2,10 @@
 
 A conversation is a list of `{"role": "system"|"user"|"assistant", "content": str}` messages: an optional
 system message first, then user and assistant turns alternating, starting with the user. An assistant
-message may carry its reasoning under `reasoning` (or `reasoning_content` / `thinking`).
+message may carry its reasoning under `reasoning` (or `reasoning_content` / `thinking`). The testbed format
+writes it as `<think> ... </think>` words; the other families have no reasoning format of their own, so
+the reasoning is written inline at the start of the content, `<think>\n...\n</think>\n\n` + answer (the
+convention of open reasoning models), and graders judge only what follows it (`strip_reasoning`).
 
 Each family is written as a list of segments (text, is-assistant) whose concatenation equals the family's
 official Hugging Face chat template output. The assistant segments hold what the model must produce: the
@@ -15,6 +18,7 @@ import dataclasses
 import datetime
 import functools
 import json
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import jinja2
@@ -42,6 +46,7 @@ class _Family:
   eos: str | None
   build: Callable[[list[dict], bool, str, str], list[Segment]]
   reasoning: bool = False
+  end_of_turn: str | None = None  # the token that ends an assistant turn, when it is not `eos`
 
 
 # -- message checks ----------------------------------------------------------------------------------
@@ -88,11 +93,34 @@ def _split_system(messages: list[dict]) -> tuple[str | None, list[dict]]:
   return None, messages
 
 
-def _no_reasoning(family: str, messages: list[dict]) -> None:
-  for i, m in enumerate(messages):
-    if _reasoning(m) is not None:
-      raise ValueError(f"message {i}: family {family!r} has no reasoning format; drop the reasoning or "
-                       "pass the checkpoint's own `template`")
+def inline_reasoning(messages: list[dict]) -> list[dict]:
+  """Assistant messages with their reasoning written into the content as a leading think block."""
+  out = []
+  for m in messages:
+    reasoning = _reasoning(m)
+    m = {k: v for k, v in m.items() if k not in REASONING_KEYS}
+    if reasoning is not None:
+      m["content"] = (f"{tokenizer_lib.THINK_OPEN}\n{reasoning.strip()}\n{tokenizer_lib.THINK_CLOSE}\n\n"
+                      f"{m['content'].lstrip()}")
+    out.append(m)
+  return out
+
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
+_THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
+
+
+def strip_reasoning(text: str) -> str:
+  """The output a user sees: `<think>...</think>` blocks removed; an unclosed block hides the rest."""
+  text = _THINK_BLOCK.sub(" ", text)
+  close = list(_THINK_CLOSE.finditer(text))
+  if close:  # reasoning started in the prompt (generation began inside the block)
+    text = text[close[-1].end():]
+  m = _THINK_OPEN.search(text)
+  if m:
+    text = text[:m.start()]
+  return text
 
 
 # -- families ----------------------------------------------------------------------------------------
@@ -199,9 +227,59 @@ FAMILIES: dict[str, _Family] = {
     "llama3": _Family("<|begin_of_text|>", "<|eot_id|>", _llama3),
     "mistral": _Family("<s>", "</s>", _mistral),
     "qwen2": _Family(None, "<|im_end|>", _qwen2),
-    "gemma": _Family("<bos>", "<eos>", _gemma),
+    "gemma": _Family("<bos>", "<eos>", _gemma, end_of_turn="<end_of_turn>"),
     "testbed": _Family(tokenizer_lib.BOS, tokenizer_lib.EOS, _testbed, reasoning=True),
 }
+
+
+# Each family's format as a Jinja chat template (what `transformers`, vLLM and TGI render), written to an
+# exported model's tokenizer so it is served with exactly the format it was trained on. Reasoning is
+# not rendered (at inference the model writes it); `test_chat_templates` checks each against the family.
+_SPLIT_SYSTEM = ("{%- if messages[0]['role'] == 'system' %}{%- set system = messages[0]['content'] %}"
+                 "{%- set turns = messages[1:] %}{%- else %}{%- set system = none %}{%- set turns = messages %}"
+                 "{%- endif %}")
+JINJA_TEMPLATES = {
+    "llama3": ("{{- bos_token }}{%- for m in messages %}{{- '<|start_header_id|>' + m['role'] + "
+               "'<|end_header_id|>\n\n' + (m['content'] | trim) + '<|eot_id|>' }}{%- endfor %}"
+               "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+               "{%- endif %}"),
+    "llama2": (_SPLIT_SYSTEM + "{%- for m in turns %}{%- set content = m['content'] %}"
+               "{%- if loop.first and system is not none %}{%- set content = '<<SYS>>\n' + system + "
+               "'\n<</SYS>>\n\n' + content %}{%- endif %}{%- if m['role'] == 'user' %}"
+               "{{- bos_token + '[INST] ' + (content | trim) + ' [/INST]' }}{%- else %}"
+               "{{- ' ' + (content | trim) + ' ' + eos_token }}{%- endif %}{%- endfor %}"),
+    "mistral": ("{{- bos_token }}" + _SPLIT_SYSTEM + "{%- for m in turns %}{%- if m['role'] == 'user' %}"
+                "{%- set prefix = system + '\n\n' if loop.first and system is not none else '' %}"
+                "{{- ' [INST] ' + prefix + m['content'] + ' [/INST]' }}{%- else %}"
+                "{{- ' ' + m['content'] + eos_token }}{%- endif %}{%- endfor %}"),
+    "qwen2": ("{%- if messages[0]['role'] != 'system' %}{{- '<|im_start|>system\n" + QWEN2_DEFAULT_SYSTEM +
+              "<|im_end|>\n' }}{%- endif %}{%- for m in messages %}{{- '<|im_start|>' + m['role'] + '\n' + "
+              "m['content'] + '<|im_end|>\n' }}{%- endfor %}{%- if add_generation_prompt %}"
+              "{{- '<|im_start|>assistant\n' }}{%- endif %}"),
+    "gemma": ("{{- bos_token }}" + _SPLIT_SYSTEM + "{%- set prefix = '' if system is none else system + '\n\n' %}"
+              "{%- for m in turns %}{%- set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+              "{{- '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + (m['content'] | trim) + "
+              "'<end_of_turn>\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<start_of_turn>model\n' }}"
+              "{%- endif %}"),
+    "testbed": ("{{- bos_token }}" + _SPLIT_SYSTEM + "{%- for m in turns %}{%- set text = m['content'] | trim %}"
+                "{%- if m['role'] == 'user' %}{{- ' <user>' }}{%- if loop.first and system and (system | trim) %}"
+                "{{- ' ' + (system | trim) }}{%- endif %}{%- if text %}{{- ' ' + text }}{%- endif %}"
+                "{%- else %}{{- ' <assistant>' }}{%- if text %}{{- ' ' + text }}{%- endif %}"
+                "{{- ' ' + eos_token }}{%- endif %}{%- endfor %}{%- if add_generation_prompt %}"
+                "{{- ' <assistant>' }}{%- endif %}"),
+}
+
+
+def jinja_template(family: str) -> str:
+  """`family`'s format as a Jinja chat template (see `JINJA_TEMPLATES`)."""
+  _family(family)
+  return JINJA_TEMPLATES[family]
+
+
+def end_of_turn(family: str) -> str | None:
+  """The token that ends an assistant turn in `family`'s format (what a chat model stops on)."""
+  fam = _family(family)
+  return fam.end_of_turn or fam.eos
 
 
 def _family(name: str) -> _Family:
@@ -317,7 +395,7 @@ def chat_segments(messages: Sequence[Message], family: str, add_generation_promp
     segments = _template_segments(template, messages, add_generation_prompt, tokens)
   else:
     if not fam.reasoning:
-      _no_reasoning(family, messages)
+      messages = inline_reasoning(messages)
     segments = fam.build(messages, add_generation_prompt, bos or "", eos or "")
   # Merge neighbours of the same kind: fewer boundaries, same text.
   merged: list[Segment] = []
@@ -373,6 +451,35 @@ def encode_chat(tokenizer: tokenizer_lib.Tokenizer, messages: Sequence[Message],
   prompts or role headers.
   """
   return _encode_segments(tokenizer, _tokenizer_segments(tokenizer, messages, family, template, False))
+
+
+def encode_prompt_around(tokenizer: tokenizer_lib.Tokenizer, messages: Sequence[Message], family: str,
+                         slot: str, template: str | None = None) -> tuple[list[int], list[int]]:
+  """Token ids of a prompt (as `encode_prompt`) whose text holds `slot` once: the ids before and after it.
+
+  Text spliced into the slot is then encoded on its own with `continuation=True` and placed between the
+  two, so a caller holding token ids (a sampled response) can fill the slot without decoding them.
+  """
+  messages = validate_messages(messages)
+  if messages[-1]["role"] != "user":
+    raise ValueError("encode_prompt_around needs a conversation that ends with a user message")
+  segments = _tokenizer_segments(tokenizer, messages, family, template, True)
+  if sum(s.text.count(slot) for s in segments) != 1:
+    raise ValueError(f"the rendered prompt must hold the slot {slot!r} exactly once")
+  head: list[int] = []
+  tail: list[int] = []
+  found = False
+  for k, s in enumerate(segments):
+    if found:
+      tail += tokenizer.encode(s.text, continuation=True)
+    elif slot in s.text:
+      before, after = s.text.split(slot)
+      head += tokenizer.encode(before, continuation=k > 0) if before else []
+      tail += tokenizer.encode(after, continuation=True) if after else []
+      found = True
+    else:
+      head += tokenizer.encode(s.text, continuation=k > 0)
+  return head, tail
 
 
 def encode_prompt(tokenizer: tokenizer_lib.Tokenizer, messages: Sequence[Message], family: str,

@@ -142,6 +142,12 @@ class Tokenizer(abc.ABC):
       raise IndexError(f"token id {token_id} is outside the vocabulary [0, {self.vocab_size})")
     return self._id_to_token(token_id)
 
+  def same_vocabulary(self, other: "Tokenizer") -> bool:
+    """Whether every id means the same token string in both tokenizers (ids can be shared as they are)."""
+    if self.vocab_size != other.vocab_size:
+      return False
+    return all(self._id_to_token(i) == other._id_to_token(i) for i in range(self.vocab_size))
+
   def save(self, path: PathLike) -> pathlib.Path:
     """Writes the tokenizer; returns what was written.
 

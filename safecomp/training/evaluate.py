@@ -1,81 +1,71 @@
-"""Eval stage: generate on the testbed eval sets, grade with the gold oracle, report by intent.
+"""Eval stage: every policy the run produced answers the task's eval prompts; `eval.grader` grades them.
 
-Every policy the pipeline produced (SFT, and PPO when it ran) answers the same prompts (test,
-held-out templates, multi-turn), so the comparison is paired. The report (JSON, Markdown, PNG plots)
-goes to `<workdir>/eval/`, and the table by intent is printed.
+SFT, and PPO when it ran, answer the same prompts (testbed: the test, held-out-template and multi-turn
+splits; prompts task: each eval source), so the comparison is paired. Every answer is graded by
+`eval.grader` (the run's gold standard: the oracle on the testbed, a judge on real prompts) and, when
+the run trained one, scored by the reward model too (the proxy PPO optimised). The report (JSON,
+Markdown, PNG plots, per set) goes to `<workdir>/eval/`, and the table by intent is printed. Answers the
+grader could not judge are written with their error, counted, and left out of every rate.
 """
 from __future__ import annotations
 
 import json
 from typing import Any, Sequence
 
-import jax
-import numpy as np
 
-from safecomp import testbed
-from safecomp.rewards import composite
+from safecomp import graders as graders_lib
 from safecomp.eval import plots
 from safecomp.eval import report as report_lib
 from safecomp.eval import stats
-from safecomp.training import batching
-from safecomp.training import rm as rm_lib
+from safecomp.training import generation
 from safecomp.training import rollout as rollout_lib
-from safecomp.training.metrics import progress, read_metrics
-from safecomp.training import ppo as ppo_lib
-from safecomp.training.ppo import decode_responses
+from safecomp.training.metrics import read_metrics
 
 POLICIES = ("sft", "ppo")
+PAIRED_METRICS = ("gold_reward", "safe", "helpfulness")
 
 
-def generate_texts(model, params, tokenizer, conversations: Sequence[list[dict]], family: str,
-                   max_prompt_len: int, cfg: rollout_lib.RolloutConfig, batch_size: int, seed: int,
-                   desc: str) -> list[str]:
-  """Responses for every conversation, in batches of a fixed shape (one compilation)."""
-  arrays = batching.prompts_to_arrays(tokenizer, conversations, family, max_prompt_len)
-  n = len(conversations)
-  sample = jax.jit(lambda params, prompts, mask, rng: rollout_lib.sample(model, params, prompts, mask, rng, cfg))
-  texts: list[str] = []
-  bar = progress(n, desc)
-  for start in range(0, n, batch_size):
-    index = np.arange(start, start + batch_size) % n  # pad the last batch by wrapping around
-    out = jax.device_get(sample(params, arrays["tokens"][index], arrays["attention_mask"][index],
-                                jax.random.key(seed + start)))
-    width = cfg.max_new_tokens
-    batch_texts = decode_responses(tokenizer, out["sequences"][:, -width:], out["response_mask"])
-    take = min(batch_size, n - start)
-    texts.extend(batch_texts[:take])
-    bar.update(take)
-  bar.close()
-  return texts
+def helpfulness_1to4(h: float) -> int:
+  """Helpfulness in [0, 1] on the rubric's 1-4 scale."""
+  return 1 + int(round(3 * min(1.0, max(0.0, float(h)))))
 
 
-def grade_records(world, examples, texts: Sequence[str], model_name: str,
-                  severity_to_safety: Sequence[float]) -> list[dict[str, Any]]:
-  """Gold-oracle graded records in the layout `safecomp.eval.stats` reads."""
+def grade_records(grader, prompts: Sequence, texts: Sequence[str], model_name: str,
+                  severity_to_safety: Sequence[float], reward_key: str = "gold_reward") -> list[dict[str, Any]]:
+  """Graded records in the layout `safecomp.eval.stats` reads, one per answer (ungraded ones marked).
+
+  `reward_key` (default `gold_reward`) holds r = h x s under the grader (the evaluation's standard;
+  `proxy_reward` when the grader is the trained reward model itself).
+  """
+  grades = grader.grade(list(prompts), list(texts))
+  rewards = graders_lib.rewards_of(grades, prompts, "product", severity_to_safety=severity_to_safety)
   records = []
-  for example, text in zip(examples, texts):
-    g = testbed.grade(example.messages, text, world=world)
-    safety = float(severity_to_safety[g.severity])
-    records.append({
-        "prompt_id": example.uid, "intent": example.intent, "split": example.split, "model": model_name,
-        "unsafe": bool(g.severity >= 1), "severity": int(g.severity), "helpfulness": float(g.helpfulness),
-        "helpfulness_1to4": int(g.helpfulness_score),
-        "mode": g.mode, "gold_reward": float(g.helpfulness) * safety, "completion": text,
-        "category": example.category})
+  for i, (prompt, text, g) in enumerate(zip(prompts, texts, grades)):
+    record = {"prompt_id": prompt.uid, "intent": prompt.intent, "split": prompt.source, "category": prompt.category,
+              "model": model_name, "grader": g.grader, "prompt": prompt.message_list, "completion": text}
+    if not g.graded:
+      record.update(ungraded=True, error=g.error)
+    else:
+      record.update(unsafe=bool(g.unsafe), severity=int(g.severity), helpfulness=float(g.helpfulness),
+                    helpfulness_1to4=int(g.details.get("helpfulness_1to4", helpfulness_1to4(g.helpfulness))),
+                    mode=g.mode, **{reward_key: float(rewards["reward"][i])})
+      if g.severity_probs is not None:
+        record["severity_probs"] = list(g.severity_probs)
+    records.append(record)
   return records
 
 
-def proxy_rewards(p, reward_model: tuple[Any, Any], examples, texts: Sequence[str]) -> np.ndarray:
-  """The trained reward model's r = h x s on each (prompt, completion): the proxy RL optimised."""
-  c = p.config
-  rm_model, rm_params = reward_model
-  conversations = [list(e.messages) + [{"role": "assistant", "content": t}] for e, t in zip(examples, texts)]
-  arrays = batching.conversations_to_arrays(p.tokenizer, conversations, c.chat_template, c.max_seq_len,
-                                            "graded completions")
-  predictions = rm_lib.rm_predict(rm_model, rm_params, arrays, c.eval.batch_size, c.rm.helpfulness_loss)
-  safety = np.asarray(composite.safety_from_severity(predictions["severity_probs"],
-                                                     tuple(c.reward.severity_to_safety)))
-  return predictions["helpfulness"] * safety
+def add_proxy_rewards(records: list[dict], rm_grader, prompts: Sequence, texts: Sequence[str],
+                      severity_to_safety: Sequence[float]) -> None:
+  """The trained reward model's r = h x s (expected safety, as in the rollout) on each answer."""
+  grades = rm_grader.grade(list(prompts), list(texts))
+  proxy = graders_lib.rewards_of(grades, prompts, "product", severity_to_safety=severity_to_safety)["reward"]
+  for record, value in zip(records, proxy):
+    record["proxy_reward"] = float(value)
+
+
+def graded_only(records: Sequence[dict]) -> list[dict]:
+  return [r for r in records if not r.get("ungraded")]
 
 
 def _plot_ppo_curves(workdir, out_dir):
@@ -92,61 +82,84 @@ def _plot_ppo_curves(workdir, out_dir):
                       ylabel="mean reward of sampled responses", title="proxy vs gold reward during PPO")
 
 
+def policy_params(p, stage: str):
+  """The language-model parameters of a completed SFT or PPO stage."""
+  from safecomp.training import ppo as ppo_stage  # pylint: disable=import-outside-toplevel
+  if stage == "sft":
+    return p.sft_policy()[1]
+  return ppo_stage.final_policy_params(p)
+
+
 def run_eval(p) -> dict:
   """The eval stage of the pipeline (see module docstring)."""
   c = p.config
   tok = p.tokenizer
   out_dir = p.workdir / "eval"
   out_dir.mkdir(parents=True, exist_ok=True)
-  cfg = rollout_lib.RolloutConfig(max_new_tokens=c.eval.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
+  cfg = rollout_lib.RolloutConfig(max_new_tokens=c.eval.max_new_tokens, eos_id=p.stop_ids, pad_id=tok.pad_id,
                                   greedy=c.eval.greedy, temperature=1.0)
-  examples = []
-  for i, split in enumerate(c.eval.splits):
-    examples.extend(p.examples(split, c.eval.n_per_split, seed_offset=20 + i))
+  all_prompts = p.task.eval_prompts()
+  prompts = generation.fitting_prompts(all_prompts, tok, c.chat_template, c.max_prompt_len, "eval")
+  sets = list(dict.fromkeys(x.source for x in prompts))
+  grader = p.grader(c.eval.grader, "eval.grader")
+  to_safety = tuple(c.reward.severity_to_safety)
 
-  policies = {}
-  model, init = p.init_model(("lm",), seed_offset=1)
-  policies["sft"] = p.trained_params("sft", init, "sft")
+  model, sft_params = p.sft_policy()
+  policies = {"sft": sft_params}
   if "ppo" in c.stages:
-    policies["ppo"] = ppo_lib.final_policy_params(p)
+    policies["ppo"] = policy_params(p, "ppo")
+  rm_grader = p.grader("rm") if p.checkpointer("rm").is_done() else None
 
-  with_proxy = p.checkpointer("rm").is_done()
-  reward_model = p.trained_reward_model() if with_proxy else None
   all_records, summaries = {}, {}
   for name, params in policies.items():
-    texts = generate_texts(model, params, tok, [e.messages for e in examples], c.chat_template,
-                           c.max_prompt_len, cfg, c.eval.batch_size, c.seed, f"eval {name}")
-    records = grade_records(p.world, examples, texts, name, tuple(c.reward.severity_to_safety))
-    if with_proxy:
-      for record, proxy in zip(records, proxy_rewards(p, reward_model, examples, texts)):
-        record["proxy_reward"] = float(proxy)
+    texts = generation.generate_texts(model, params, tok, [x.message_list for x in prompts], c.chat_template,
+                                      c.max_prompt_len, cfg, c.eval.batch_size, c.seed, f"eval {name}")
+    records = grade_records(grader, prompts, texts, name, to_safety)
+    if rm_grader is not None:
+      add_proxy_rewards(records, rm_grader, prompts, texts, to_safety)
     all_records[name] = records
     with (out_dir / f"{name}_completions.jsonl").open("w") as f:
       for r in records:
         f.write(json.dumps(r) + "\n")
-    summaries[name] = stats.summarize(records, by="intent", n_boot=c.eval.bootstrap, seed=c.seed)
-    for split in c.eval.splits:
+    graded = graded_only(records)
+    summaries[name] = stats.summarize(graded, by="intent", n_boot=c.eval.bootstrap, seed=c.seed)
+    for split in sets:
       summaries[f"{name}/{split}"] = stats.summarize(
-          [r for r in records if r["split"] == split], by="intent", n_boot=c.eval.bootstrap, seed=c.seed)
+          [r for r in graded if r["split"] == split], by="intent", n_boot=c.eval.bootstrap, seed=c.seed)
 
   comparisons = None
   if "ppo" in all_records:
-    comparisons = [stats.paired_comparison(all_records["sft"], all_records["ppo"], metric, by="intent",
-                                           names=("sft", "ppo"), n_boot=c.eval.bootstrap, seed=c.seed)
-                   for metric in ("gold_reward", "safe", "helpfulness")]
+    comparisons = [stats.paired_comparison(graded_only(all_records["sft"]), graded_only(all_records["ppo"]),
+                                           metric, by="intent", names=("sft", "ppo"), n_boot=c.eval.bootstrap,
+                                           seed=c.seed)
+                   for metric in PAIRED_METRICS]
   _plot_ppo_curves(p.workdir, out_dir)
   headline = {name: summaries[name] for name in policies}
-  report_lib.write_report(headline, out_dir, comparisons=comparisons)
-  print(report_lib.format_table(headline), flush=True)
-  summary = {f"{name}_gold_reward": summaries[name]["overall"]["gold_reward"]["value"] for name in policies}
-  if with_proxy:  # over-optimisation: how far the reward model's view drifted from the gold grader's
+  title = f"Evaluation on {p.task.describe()} (grader: {graders_lib.full_name(grader)})"
+  report_lib.write_report(headline, out_dir, comparisons=comparisons, title=title)
+  for split in sets:
+    report_lib.write_report({name: summaries[f"{name}/{split}"] for name in policies}, out_dir / "by_set" / split,
+                            plots=False, title=f"Evaluation on {split} (grader: {graders_lib.full_name(grader)})")
+  print(f"{title}\n" + report_lib.format_table(headline), flush=True)
+  summary: dict[str, Any] = {f"{name}_gold_reward": summaries[name]["overall"]["gold_reward"]["value"]
+                             for name in policies}
+  summary["grader"] = graders_lib.full_name(grader)
+  summary["prompts"] = len(prompts)
+  summary["prompts_left_out"] = len(all_prompts) - len(prompts)
+  for name in policies:
+    ungraded = len(all_records[name]) - len(graded_only(all_records[name]))
+    summary[f"{name}_ungraded"] = ungraded
+    if ungraded:
+      print(f"[eval] {name}: {ungraded} of {len(all_records[name])} answers could not be graded by "
+            f"{graders_lib.full_name(grader)}; left out of every rate (see {name}_completions.jsonl)", flush=True)
+  if rm_grader is not None:  # over-optimisation: how far the reward model's view drifted from the gold grader's
     for name in policies:
       proxy = summaries[name]["overall"]["proxy_reward"]["value"]
       summary[f"{name}_proxy_reward"] = proxy
       summary[f"{name}_proxy_gold_gap"] = proxy - summary[f"{name}_gold_reward"]
       print(f"[eval] {name}: proxy (reward model) {proxy:.3f} vs gold {summary[f'{name}_gold_reward']:.3f}, "
             f"gap {summary[f'{name}_proxy_gold_gap']:+.3f}", flush=True)
-  heldout = [f"{name}/heldout" for name in policies if f"{name}/heldout" in summaries]
-  for key in heldout:
-    summary[key.replace("/", "_") + "_gold_reward"] = summaries[key]["overall"]["gold_reward"]["value"]
+  if "heldout" in sets:
+    for name in policies:
+      summary[f"{name}_heldout_gold_reward"] = summaries[f"{name}/heldout"]["overall"]["gold_reward"]["value"]
   return summary

@@ -100,6 +100,11 @@ def _strongly_typed(tree: Any, like: Any) -> Any:
   return jax.tree.map(convert, tree, like)
 
 
+def new_state(params: Any, tx: optax.GradientTransformation) -> train_state.TrainState:
+  """A fresh TrainState of a supervised stage."""
+  return train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
+
+
 def checkpoint_tree(state: train_state.TrainState) -> dict:
   return {"params": state.params, "opt_state": state.opt_state, "step": state.step}
 

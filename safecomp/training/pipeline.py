@@ -1,124 +1,139 @@
 """The pipeline: SFT -> reward model -> PPO -> eval, each stage checkpointed and skipped when complete.
 
-`run(config, workdir)` is what `python -m safecomp.train` calls. Shared resources (world, spec,
-tokenizer, model config, data) are built once and lazily by `Pipeline`; each stage is a function of the
-pipeline that reads the previous stage's final checkpoint.
+`run(config, workdir)` is what `python -m safecomp.train` calls. It checks the whole config at start-up,
+then sequences the stages; each stage lives in its own module (`training.sft`, `training.rm`,
+`training.ppo`, `training.evaluate`) and is a function of the `Pipeline`, which builds the shared
+resources once and lazily: the task (what the run trains and evaluates on), the spec, the tokenizer,
+the models, the mesh and the graders.
 """
 from __future__ import annotations
 
 import functools
 import json
-import logging
 import pathlib
 import time
 from typing import Any, Callable
 
 import jax
 import ml_collections
-import numpy as np
-from flax.training import train_state
 
 from safecomp import config as config_lib
+from safecomp import graders as graders_lib
 from safecomp import models
 from safecomp import parallel
 from safecomp import spec as spec_lib
+from safecomp import tasks
 from safecomp import testbed
 from safecomp import tokenizers
-from safecomp.errors import CheckpointError, ConfigError, DataError
-from safecomp.constants import INTENTS, SEVERITY_INDEX
-from safecomp.data.readers import read_jsonl
-from safecomp.testbed import lexicon
-from safecomp.testbed import teachers
-from safecomp.training import batching
-from safecomp.training import evaluate as evaluate_lib
+from safecomp.errors import CheckpointError, ConfigError
+from safecomp.rewards import composite
+from safecomp.training import evaluate as eval_stage
 from safecomp.training import loop as loop_lib
-from safecomp.training import rm as rm_lib
-from safecomp.training import rollout as rollout_lib
-from safecomp.training import sft as sft_lib
+from safecomp.training import ppo as ppo_stage
+from safecomp.training import rm as rm_stage
+from safecomp.training import sft as sft_stage
 from safecomp.training.checkpoints import StageCheckpointer, first_difference
-from safecomp.training.metrics import MetricWriter
-from safecomp.training.ppo import graft
 
 STAGES = ("sft", "rm", "ppo", "eval")
-SPLIT_IDS = {"train": 0, "test": 1, "heldout": 2, "multiturn": 3}
 # Config keys that decide the shapes of every checkpoint: stored with it, checked on restore.
 SHAPE_KEYS = ("model", "testbed.world_seed", "max_seq_len")
+# Graders by role: what each config key may name.
+REWARD_GRADERS = ("rm", "judge", "http", "oracle")
+LABELERS = ("judge", "http", "oracle")
+EVAL_GRADERS = ("judge", "http", "rm", "oracle")
+
+
+def _graders_in_use(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """{config key: grader name} of the graders this run will build."""
+  used = {}
+  stages = set(config.stages)
+  if "ppo" in stages:
+    used["reward.grader"] = config.reward.grader
+  if "rm" in stages and config.rm.policy_samples_per_prompt:
+    used["rm.labeler"] = config.rm.labeler
+  if stages & {"ppo", "eval"}:
+    used["eval.grader"] = config.eval.grader
+  return used
 
 
 def validate(config: ml_collections.ConfigDict):
-  """Range checks a user can act on (unknown keys are caught when the overrides are parsed)."""
+  """Checks a user can act on, all at start-up (unknown keys are caught when the overrides are parsed)."""
+  require = config_lib.require
   for stage in config.stages:
-    config_lib.require(stage in STAGES, "stages", f"unknown stage {stage!r}; expected a subset of {STAGES}")
-  config_lib.require(config.max_prompt_len < config.max_seq_len, "max_prompt_len",
-                     f"must be below max_seq_len ({config.max_seq_len})")
-  config_lib.require(config.sft_style in ("safe_completion", "refusal"), "sft_style",
-                     "must be 'safe_completion' or 'refusal'")
+    require(stage in STAGES, "stages", f"unknown stage {stage!r}; expected a subset of {STAGES}")
+  require(config.max_prompt_len < config.max_seq_len, "max_prompt_len",
+          f"must be below max_seq_len ({config.max_seq_len})")
+  require(config.sft_style in ("safe_completion", "refusal"), "sft_style", "must be 'safe_completion' or 'refusal'")
   for section in ("sft", "rm", "ppo"):
-    for key in ("learning_rate",):
-      config_lib.require(config[section][key] > 0, f"{section}.{key}", "must be > 0")
-  config_lib.require(config.sft.steps > 0 and config.sft.batch_size > 0, "sft.steps", "must be > 0")
-  config_lib.require(config.ppo.prompts_per_iteration % config.ppo.group_size == 0
-                     and config.ppo.prompts_per_iteration // config.ppo.group_size >= 1,
-                     "ppo.group_size", "must divide ppo.prompts_per_iteration")
-  config_lib.require(config.ppo.max_new_tokens + config.max_prompt_len <= config.max_seq_len,
-                     "ppo.max_new_tokens", "max_prompt_len + max_new_tokens must fit in max_seq_len")
-  config_lib.require(config.ppo.critic in ("shared", "separate"), "ppo.critic", "must be 'shared' or 'separate'")
-  config_lib.require(config.ppo.eos_penalty >= 0, "ppo.eos_penalty",
-                     "is subtracted from the reward of responses without EOS, so it must be >= 0")
+    require(config[section].learning_rate > 0, f"{section}.learning_rate", "must be > 0")
+  require(config.sft.steps > 0 and config.sft.batch_size > 0, "sft.steps", "must be > 0")
+  require(config.ppo.prompts_per_iteration % config.ppo.group_size == 0
+          and config.ppo.prompts_per_iteration // config.ppo.group_size >= 1,
+          "ppo.group_size", "must divide ppo.prompts_per_iteration")
+  require(config.ppo.max_new_tokens + config.max_prompt_len <= config.max_seq_len,
+          "ppo.max_new_tokens", "max_prompt_len + max_new_tokens must fit in max_seq_len")
+  require(config.ppo.critic in ("shared", "separate"), "ppo.critic", "must be 'shared' or 'separate'")
+  require(config.ppo.eos_penalty >= 0, "ppo.eos_penalty",
+          "is subtracted from the reward of responses without EOS, so it must be >= 0")
   for key in ("teacher_error_rate", "teacher_caution_rate", "judge_miss_rate"):
-    config_lib.require(0.0 <= config.testbed[key] <= 1.0, f"testbed.{key}", "must lie in [0, 1]")
-  config_lib.require(config.reward.grader in ("rm", "oracle"), "reward.grader", "must be 'rm' or 'oracle'")
-  config_lib.require(config.reward.kind != "refusal" or config.reward.grader == "oracle", "reward.grader",
-                     "the refusal reward reads the prompt's intent label and the response mode: "
-                     "set reward.grader=oracle")
-  config_lib.require(config.rm.policy_samples_per_prompt >= 0, "rm.policy_samples_per_prompt", "must be >= 0")
-  config_lib.require(not (config.rm.policy_samples_per_prompt and config.rm.train_file), "rm.policy_samples_per_prompt",
-                     "policy samples are labelled by the testbed oracle, which needs testbed prompts; "
-                     "set it to 0 with rm.train_file")
-  config_lib.require(len(config.reward.severity_to_safety) == 4, "reward.severity_to_safety",
-                     "needs 4 values (negligible, low, moderate, high)")
+    require(0.0 <= config.testbed[key] <= 1.0, f"testbed.{key}", "must lie in [0, 1]")
+  require(len(config.reward.severity_to_safety) == 4, "reward.severity_to_safety",
+          "needs 4 values (negligible, low, moderate, high)")
+  require(config.reward.kind in composite.REWARD_KINDS, "reward.kind",
+          f"unknown reward kind {config.reward.kind!r}; expected one of {composite.REWARD_KINDS}")
+  require(config.rm.policy_samples_per_prompt >= 0, "rm.policy_samples_per_prompt", "must be >= 0")
+  require(config.rm.policy_prompts >= 0, "rm.policy_prompts", "must be >= 0 (0 = every training prompt)")
 
-
-def _message_list(value: Any, key: str) -> list[dict]:
-  if not isinstance(value, list) or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in value):
-    raise ValueError(f"'{key}' must be a list of {{role, content}} messages")
-  return [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
-
-
-def sft_row(raw: dict) -> list[dict] | None:
-  """An SFT JSONL row (as `safecomp.datagen` writes it): `messages` ending in the assistant turn.
-
-  Rows the judge rejected (`kept: false`) are skipped (None), not trained on.
-  """
-  messages = _message_list(raw["messages"], "messages")
-  if messages[-1]["role"] != "assistant":
-    raise ValueError("the last message must be the assistant turn to train on")
-  return messages if raw.get("kept", True) else None
-
-
-def rm_row(raw: dict) -> dict:
-  """A labelled reward-model JSONL row: `prompt` (text or messages), `completion` (text), `severity`
-  (0..3 or a name: negligible/low/moderate/high) and `helpfulness` in [0, 1]."""
-  prompt = raw["prompt"]
-  messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _message_list(prompt, "prompt")
-  if not isinstance(raw["completion"], str):
-    raise ValueError("'completion' must be a string")
-  severity = raw["severity"]
-  severity = SEVERITY_INDEX[severity] if isinstance(severity, str) and severity in SEVERITY_INDEX else severity
-  if not isinstance(severity, int) or not 0 <= severity <= 3:
-    raise ValueError(f"'severity' must be 0..3 or one of {list(SEVERITY_INDEX)}, got {raw['severity']!r}")
-  helpfulness = float(raw["helpfulness"])
-  if not 0.0 <= helpfulness <= 1.0:
-    raise ValueError(f"'helpfulness' must lie in [0, 1], got {helpfulness}")
-  return {"messages": messages + [{"role": "assistant", "content": raw["completion"]}],
-          "severity": severity, "helpfulness": helpfulness}
-
-
-def split_holdout(rows: list, fraction: float, seed: int) -> tuple[list, list]:
-  """(train, held-out) by a seeded permutation."""
-  order = np.random.default_rng(seed).permutation(len(rows))
-  n_held = max(1, int(round(fraction * len(rows))))
-  return [rows[i] for i in order[n_held:]], [rows[i] for i in order[:n_held]]
+  # The task and the graders.
+  kind = config.task.kind
+  require(kind in tasks.TASK_KINDS, "task.kind", f"unknown task {kind!r}; expected one of {tasks.TASK_KINDS}")
+  require(config.reward.grader in REWARD_GRADERS, "reward.grader",
+          f"unknown grader {config.reward.grader!r}; expected one of {REWARD_GRADERS}")
+  require(config.rm.labeler in LABELERS, "rm.labeler",
+          f"unknown labeler {config.rm.labeler!r}; expected one of {LABELERS}")
+  require(config.eval.grader in EVAL_GRADERS, "eval.grader",
+          f"unknown grader {config.eval.grader!r}; expected one of {EVAL_GRADERS}")
+  require(config.oracle.unknown_prompts in ("error", "ungraded"), "oracle.unknown_prompts",
+          "must be 'error' or 'ungraded'")
+  require(config.reward.kind != "refusal" or config.reward.grader != "rm", "reward.grader",
+          "the refusal reward reads the prompt's intent label and whether the response refuses, which the "
+          "reward model's heads do not give: use oracle (testbed), judge or http")
+  if kind == "testbed":
+    require(not config.model.init_from or config.task.allow_testbed_with_pretrained, "task.kind",
+            "model.init_from is a pretrained model but task.kind='testbed' trains it on the testbed's "
+            "pseudo-word language; set task.kind=prompts with task.train_prompts / task.eval_prompts, or "
+            "task.allow_testbed_with_pretrained=True if that is what you want")
+    for split in config.eval.splits:
+      require(split in testbed.SPLITS and split != "train", "eval.splits",
+              f"unknown testbed eval split {split!r}; expected some of {tuple(s for s in testbed.SPLITS if s != 'train')}")
+  else:
+    require(bool(config.model.init_from), "model.init_from",
+            "the prompts task trains a pretrained model: give its local Hugging Face directory")
+    stages = set(config.stages)
+    require("sft" not in stages or bool(config.sft.train_file), "sft.train_file",
+            "the prompts task has no teacher of its own; generate SFT data with `python -m safecomp.datagen` "
+            "and pass its output file")
+    require(not stages & {"rm", "ppo"} or bool(config.task.train_prompts), "task.train_prompts",
+            "the prompts task needs training prompts for the reward model's samples and PPO")
+    require("eval" not in stages or bool(config.task.eval_prompts), "task.eval_prompts",
+            "the prompts task needs eval prompts for the eval stage")
+    require("rm" not in stages or config.rm.policy_samples_per_prompt > 0 or bool(config.rm.train_file),
+            "rm.policy_samples_per_prompt", "the reward model needs labelled rows: policy samples graded by "
+            "rm.labeler (> 0) and/or rm.train_file")
+    for key, name in _graders_in_use(config).items():
+      require(name != "oracle", key, "the oracle grades testbed prompts only; use judge or http")
+    tasks.parse_sources(config.task.train_prompts, "task.train_prompts")
+    tasks.parse_sources(config.task.eval_prompts, "task.eval_prompts")
+  for key, name in _graders_in_use(config).items():
+    if name == "judge":
+      require(bool(config.judge.checkpoint), "judge.checkpoint",
+              f"{key}=judge needs a local Hugging Face directory of the judge model")
+      require(pathlib.Path(config.judge.checkpoint).is_dir(), "judge.checkpoint",
+              f"{config.judge.checkpoint} is not a directory")
+    if name == "http":
+      require(bool(config.http.base_url) and bool(config.http.model), "http.base_url",
+              f"{key}=http needs http.base_url (an OpenAI-compatible server) and http.model")
+      require(config.http.concurrency >= 1, "http.concurrency", "must be >= 1")
 
 
 class Pipeline:
@@ -129,11 +144,12 @@ class Pipeline:
     self.workdir = pathlib.Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.fingerprint = config_lib.fingerprint_keys(config, SHAPE_KEYS)
+    self._graders: dict[str, Any] = {}
 
   # -- shared resources ----------------------------------------------------------------------------
   @functools.cached_property
-  def world(self):
-    return testbed.make_world(self.config.testbed.world_seed)
+  def task(self):
+    return tasks.make_task(self.config)
 
   @functools.cached_property
   def spec(self):
@@ -145,8 +161,14 @@ class Pipeline:
     if self.config.model.init_from:
       return tokenizers.load_tokenizer(self.config.model.init_from)
     if not path.is_file():
-      tokenizers.word_level_tokenizer(self.world.vocabulary()).save(str(path))
+      tokenizers.word_level_tokenizer(testbed.make_world(self.config.testbed.world_seed).vocabulary()).save(str(path))
     return tokenizers.load_tokenizer(str(path))
+
+  @functools.cached_property
+  def stop_ids(self) -> tuple[int, ...]:
+    """The ids that end a response (EOS and the chat format's end-of-turn token)."""
+    from safecomp.training.generation import stop_ids  # pylint: disable=import-outside-toplevel
+    return stop_ids(self.tokenizer, self.config.chat_template)
 
   def model_config(self, heads: tuple[str, ...]) -> models.ModelConfig:
     m = self.config.model
@@ -182,12 +204,14 @@ class Pipeline:
     """
     parallel.check_batch_size(global_batch, self.mesh, batch_key)
     param_sh = parallel.param_shardings(model.config, self.mesh)
-    state, state_sh = parallel.init_sharded_state(lambda q: _new_state(q, tx), params, param_sh, self.mesh)
+    state, state_sh = parallel.init_sharded_state(lambda q: loop_lib.new_state(q, tx), params, param_sh,
+                                                  self.mesh)
     batch_sh = parallel.batch_shardings(example_batch, self.mesh)
     step = parallel.shard_step(step_fn, self.mesh, parallel.DEFAULT_RULES, state_sh, batch_sh,
                                global_batch=global_batch)
     return state, step, parallel.host_rows(batch_sh["tokens"], global_batch)
 
+  # -- checkpoints ---------------------------------------------------------------------------------
   def checkpointer(self, stage: str) -> StageCheckpointer:
     return StageCheckpointer(self.workdir / stage, fingerprint=self.fingerprint,
                              max_to_keep=self.config.checkpoint.max_to_keep)
@@ -203,101 +227,46 @@ class Pipeline:
   def trained_params(self, stage: str, params_like: Any, section: str) -> Any:
     """The parameters of a completed SFT/RM stage (restored into the shapes of `params_like`)."""
     tx = loop_lib.make_optimizer(self.config[section], self.config[section].steps)
-    abstract = jax.eval_shape(lambda: loop_lib.checkpoint_tree(_new_state(params_like, tx)))
+    abstract = jax.eval_shape(lambda: loop_lib.checkpoint_tree(loop_lib.new_state(params_like, tx)))
     return self.final_params(stage, abstract)["params"]
+
+  def sft_policy(self) -> tuple[Any, Any]:
+    """(model, params) of the finished SFT stage; an error naming the stage when there is none."""
+    model, init = self.init_model(("lm",), seed_offset=1)
+    return model, self.trained_params("sft", init, "sft")
 
   def trained_reward_model(self) -> tuple[Any, Any]:
     """(model, params) of the completed `rm` stage."""
     model, init = self.init_model(("severity", "helpfulness"), seed_offset=2)
     return model, self.trained_params("rm", init, "rm")
 
-  # -- data ----------------------------------------------------------------------------------------
-  def examples(self, split: str, n: int, seed_offset: int = 0) -> list:
-    return testbed.generate_examples(self.world, split, n, seed=self.config.seed * 7919 + seed_offset)
-
-  def sft_conversations(self, split: str, n: int) -> tuple[list[list[dict]], dict]:
-    """Teacher-written, judge-filtered SFT conversations (student sees the plain prompt).
-
-    From `sft.train_file` (JSONL, e.g. `safecomp.datagen` output) when set, with
-    `sft.holdout_fraction` of it held out; else from the testbed's procedural teacher.
-    """
+  # -- graders -------------------------------------------------------------------------------------
+  def reward_model_handle(self):
+    """The trained reward model as a host scoring function (the `rm` grader's input)."""
+    from safecomp.graders.reward_model import RewardModelHandle  # pylint: disable=import-outside-toplevel
+    model, params = self.trained_reward_model()
     c = self.config
-    if c.sft.train_file:
-      config_lib.require(pathlib.Path(c.sft.train_file).is_file(), "sft.train_file",
-                         f"{c.sft.train_file} not found")
-      rows = read_jsonl(c.sft.train_file, sft_row).rows
-      kept = [r for r in rows if r is not None]
-      if not kept:
-        raise DataError(c.sft.train_file, 0, "no rows with kept=true to train on")
-      train, held = split_holdout(kept, c.sft.holdout_fraction, c.seed)
-      return (train if split == "train" else held), {"generated": len(rows), "kept": len(kept)}
-    rng = np.random.default_rng([c.seed, 11, SPLIT_IDS[split]])
-    conversations, stats = [], {"generated": 0, "kept": 0}
-    for example in self.examples(split, n, seed_offset=1 if split == "train" else 2):
-      row = teachers.make_sft_example(
-          self.world, self.spec, example, c.sft_style, rng, error_rate=c.testbed.teacher_error_rate,
-          judge_miss_rate=c.testbed.judge_miss_rate, reasoning=c.reasoning,
-          caution_rate=c.testbed.teacher_caution_rate)
-      stats["generated"] += 1
-      if row.get("kept", True):
-        stats["kept"] += 1
-        conversations.append(row["messages"])
-    return conversations, stats
 
+    def score(conversations):
+      arrays = rm_stage.conversation_arrays(self, conversations, "graded completions")
+      pred = rm_stage.rm_predict(model, params, arrays, c.eval.batch_size, c.rm.helpfulness_loss)
+      return pred["severity_probs"], pred["helpfulness"]
 
-  def rm_examples(self, split: str, n: int) -> list:
-    """The reward model's prompts: hand-made candidates and policy samples answer the same ones."""
-    return self.examples(split, n, seed_offset=4 if split == "train" else 5)
+    return RewardModelHandle(score, f"{self.workdir.name}/rm@{self.checkpointer('rm').done_meta()['step']}")
 
-  def rm_rows(self, split: str, n: int) -> list[dict]:
-    """Reward-model rows: candidate responses of every kind (see `testbed.candidates`), oracle-labelled.
-
-    When the policy writes reasoning, candidates carry a `<think>` block too (its intent drawn at
-    random, so the reward model must judge the answer rather than the reasoning).
-    """
-    c = self.config
-    if c.rm.train_file:
-      config_lib.require(pathlib.Path(c.rm.train_file).is_file(), "rm.train_file", f"{c.rm.train_file} not found")
-      train, held = split_holdout(read_jsonl(c.rm.train_file, rm_row).rows, c.rm.holdout_fraction, c.seed)
-      return train if split == "train" else held
-    rng = np.random.default_rng([c.seed, 13, SPLIT_IDS[split]])
-    rows = []
-    for example in self.rm_examples(split, n):
-      picks = rng.choice(len(testbed.CANDIDATE_SOURCES), size=c.testbed.rm_candidates_per_prompt,
-                         replace=False)
-      for k in sorted(int(i) for i in picks):
-        answer, _ = testbed.make_candidate(self.world, self.spec, example, testbed.CANDIDATE_SOURCES[k], rng,
-                                           error_rate=c.testbed.teacher_error_rate)
-        grade = testbed.grade(example.messages, answer, world=self.world, example=example)
-        if c.reasoning:
-          reasoning, _ = teachers.spec_reasoning(self.spec, example, intent=str(rng.choice(INTENTS)))
-          answer = f"{lexicon.THINK_OPEN} {reasoning} {lexicon.THINK_CLOSE} {answer}"
-        rows.append({"messages": list(example.messages) + [{"role": "assistant", "content": answer}],
-                     "severity": grade.severity, "helpfulness": grade.helpfulness})
-    return rows
-
-  def policy_rm_rows(self, split: str, n: int, model, params) -> list[dict]:
-    """Reward-model rows sampled from the SFT policy on the prompts of `rm_rows`, oracle-labelled.
-
-    Hand-made candidates miss the policy's own slips (a fact dropped, a neighbouring topic, a
-    half-remembered redirection); a reward model that has never seen them cannot tell them from the
-    real thing, and PPO drifts into them. `rm.policy_samples_per_prompt` samples per prompt are drawn
-    at `rm.policy_temperature`.
-    """
-    c = self.config
-    k = c.rm.policy_samples_per_prompt
-    examples = self.rm_examples(split, n) * k
-    cfg = rollout_lib.RolloutConfig(max_new_tokens=c.ppo.max_new_tokens, eos_id=self.tokenizer.eos_id,
-                                    pad_id=self.tokenizer.pad_id, temperature=c.rm.policy_temperature)
-    texts = evaluate_lib.generate_texts(model, params, self.tokenizer, [e.messages for e in examples],
-                                        c.chat_template, c.max_prompt_len, cfg, c.eval.batch_size,
-                                        seed=c.seed * 1000 + 31 * SPLIT_IDS[split], desc=f"rm samples ({split})")
-    rows = []
-    for example, text in zip(examples, texts):
-      grade = testbed.grade(example.messages, text, world=self.world, example=example)
-      rows.append({"messages": list(example.messages) + [{"role": "assistant", "content": text}],
-                   "severity": grade.severity, "helpfulness": grade.helpfulness, "policy_sample": True})
-    return rows
+  def grader(self, name: str, key: str = "grader"):
+    """The grader `name` for this run (built once; `key` names the config key in errors)."""
+    if name not in self._graders:
+      if name == "oracle":
+        self._graders[name] = self.task.host_grader()
+      else:
+        config = self.config
+        if name == "http" and not config.http.cache_dir:  # resumed runs pay for no verdict twice
+          config = ml_collections.ConfigDict(config.to_dict())
+          config.http.cache_dir = str(self.workdir / "http_cache")
+        context = graders_lib.GraderContext(config, task=self.task, reward_model=self.reward_model_handle)
+        self._graders[name] = graders_lib.make_grader(name, context, key=key)
+    return self._graders[name]
 
 
 def open_workdir(workdir: str | pathlib.Path) -> Pipeline:
@@ -309,103 +278,8 @@ def open_workdir(workdir: str | pathlib.Path) -> Pipeline:
   return Pipeline(config_lib.config_from_json(path), workdir)
 
 
-# -- stages ----------------------------------------------------------------------------------------
-def _new_state(params, tx) -> train_state.TrainState:
-  return train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
-
-
-def run_sft(p: Pipeline) -> dict:
-  c = p.config
-  train_conv, stats = p.sft_conversations("train", c.testbed.n_sft)
-  eval_conv, _ = p.sft_conversations("test", c.testbed.n_sft_eval)
-  logging.info("sft: %d/%d teacher outputs kept by the judge", stats["kept"], stats["generated"])
-  train = batching.conversations_to_arrays(p.tokenizer, train_conv, p.config.chat_template, c.max_seq_len, "SFT rows")
-  held = batching.conversations_to_arrays(p.tokenizer, eval_conv, p.config.chat_template, c.max_seq_len, "SFT eval rows")
-  model, params = p.init_model(("lm",), seed_offset=1)
-
-  def global_batch(step: int) -> dict:
-    index = batching.batch_indices(step, len(train_conv), c.sft.batch_size, c.seed)
-    return batching.trim_padding(batching.take(train, index), c.pad_multiple)
-
-  state, step_fn, rows = p.sharded_training(
-      sft_lib.sft_step_fn(model, c.sft.microbatches), model, params,
-      loop_lib.make_optimizer(c.sft, c.sft.steps), global_batch(0), c.sft.batch_size, "sft.batch_size")
-  evaluate = sft_lib.make_sft_eval(model, held, c.sft.batch_size)
-  writer = MetricWriter(p.workdir, "sft")
-  state = loop_lib.run_loop(
-      state, step_fn, lambda step: {k: v[rows] for k, v in global_batch(step).items()},
-      p.checkpointer("sft"), writer,
-      loop_lib.LoopConfig(c.sft.steps, c.sft.log_every, c.sft.checkpoint_every,
-                          c.max_consecutive_nonfinite, "sft"),
-      eval_fn=lambda state, step: evaluate(state.params), eval_every=c.sft.eval_every)
-  summary = dict(evaluate(state.params), **stats)
-  writer.close()
-  return summary
-
-
-def _rm_arrays(p: Pipeline, rows: list[dict]) -> dict[str, np.ndarray]:
-  arrays = batching.conversations_to_arrays(p.tokenizer, [r["messages"] for r in rows], p.config.chat_template,
-                                            p.config.max_seq_len, "reward-model rows")
-  arrays["severity"] = np.asarray([r["severity"] for r in rows], np.int32)
-  arrays["helpfulness"] = np.asarray([r["helpfulness"] for r in rows], np.float32)
-  del arrays["loss_mask"]
-  return arrays
-
-
-def run_rm(p: Pipeline) -> dict:
-  c = p.config
-  sft_model, sft_init = p.init_model(("lm",), seed_offset=1)
-  sft_params = p.trained_params("sft", sft_init, "sft") if "sft" in c.stages else sft_init
-  train_rows, held_rows = p.rm_rows("train", c.testbed.n_rm), p.rm_rows("test", c.testbed.n_rm_eval)
-  if c.rm.policy_samples_per_prompt:
-    train_rows += p.policy_rm_rows("train", c.testbed.n_rm, sft_model, sft_params)
-    held_rows += p.policy_rm_rows("test", c.testbed.n_rm_eval, sft_model, sft_params)
-  train, held = _rm_arrays(p, train_rows), _rm_arrays(p, held_rows)
-  model, fresh = p.init_model(("severity", "helpfulness"), seed_offset=2)
-  params = graft(fresh, sft_params)  # the reward model starts from the SFT trunk
-  weights = {"severity": c.rm.severity_weight, "helpfulness": c.rm.helpfulness_weight}
-  n = len(train["tokens"])
-
-  def global_batch(step: int) -> dict:
-    index = batching.batch_indices(step, n, c.rm.batch_size, c.seed + 1)
-    return batching.trim_padding(batching.take(train, index), c.pad_multiple)
-
-  state, step_fn, rows = p.sharded_training(
-      rm_lib.rm_step_fn(model, weights, c.rm.helpfulness_loss, c.rm.microbatches), model, params,
-      loop_lib.make_optimizer(c.rm, c.rm.steps), global_batch(0), c.rm.batch_size, "rm.batch_size")
-  writer = MetricWriter(p.workdir, "rm")
-  state = loop_lib.run_loop(
-      state, step_fn, lambda step: {k: v[rows] for k, v in global_batch(step).items()},
-      p.checkpointer("rm"), writer,
-      loop_lib.LoopConfig(c.rm.steps, c.rm.log_every, c.rm.checkpoint_every, c.max_consecutive_nonfinite, "rm"))
-  predictions = rm_lib.rm_predict(model, state.params, held, c.rm.batch_size, c.rm.helpfulness_loss)
-  report = rm_lib.rm_report(predictions, held)
-  on_policy = np.asarray([bool(r.get("policy_sample")) for r in held_rows])
-  if on_policy.any():  # accuracy where PPO will query it: on the SFT policy's own samples
-    on_policy_report = rm_lib.rm_report(batching.take(predictions, on_policy), batching.take(held, on_policy))
-    report.update({f"policy_{k}": v for k, v in on_policy_report.items() if not isinstance(v, list)})
-  (p.workdir / "rm" / "eval.json").write_text(json.dumps(report, indent=2))
-  writer.write(c.rm.steps, {f"eval_{k}": v for k, v in report.items()})
-  writer.close()
-  print(f"[rm] held-out severity accuracy {report['severity_accuracy']:.3f}, ECE {report['severity_ece']:.3f}, "
-        f"helpfulness MAE {report.get('helpfulness_mae', float('nan')):.3f}; on the SFT policy's samples "
-        f"{report.get('policy_severity_accuracy', float('nan')):.3f} and "
-        f"{report.get('policy_helpfulness_mae', float('nan')):.3f}\n"
-        f"[rm] severity confusion (rows = gold negligible..high): {report['severity_confusion']}", flush=True)
-  return {k: v for k, v in report.items() if not isinstance(v, list)}
-
-
-def _lazy(module: str, name: str) -> Callable[[Pipeline], dict]:
-  def call(p: Pipeline) -> dict:
-    import importlib  # pylint: disable=import-outside-toplevel
-    return getattr(importlib.import_module(module), name)(p)
-  return call
-
-
 STAGE_FNS: dict[str, Callable[[Pipeline], dict]] = {
-    "sft": run_sft, "rm": run_rm,
-    "ppo": _lazy("safecomp.training.ppo", "run_ppo"),
-    "eval": _lazy("safecomp.training.evaluate", "run_eval"),
+    "sft": sft_stage.run_sft, "rm": rm_stage.run_rm, "ppo": ppo_stage.run_ppo, "eval": eval_stage.run_eval,
 }
 
 

@@ -1,9 +1,18 @@
-"""PPO stage: policy = SFT model + value head, frozen reference = the SFT model, reward = r = h x s.
+"""PPO stage: policy = SFT model + critic, frozen reference = the SFT model, reward from `reward.grader`.
 
-Each iteration samples responses for a batch of testbed prompts, scores them (reward model inside the
-compiled rollout by default, or the gold oracle on the host), and runs all PPO epochs/minibatches in
-one compiled update. Every `gold_every` iterations the same responses are also graded by the gold
-oracle, so proxy reward and gold reward are logged side by side (over-optimisation shows as a gap).
+Each iteration samples responses for a batch of the task's training prompts, scores them, and runs all
+PPO epochs/minibatches in one compiled update. Where the reward is scored:
+
+- `rm` (default): the reward model's heads inside the compiled rollout (no host round-trip);
+- `judge`: a judge LM reading the spec's rubrics inside the compiled rollout when it shares the
+  policy's vocabulary (its rubric prompts are assembled from token-id segments on device); with
+  another tokenizer the responses are decoded and re-tokenised on the host and the judge runs jitted
+  between rollout and update (the log says so);
+- `http`, `oracle`: graded on the host after decoding.
+
+Every `ppo.gold_every` iterations the same responses are also graded by `eval.grader` (the run's gold
+standard), so proxy and gold reward are logged side by side (over-optimisation shows as a gap).
+Responses a host grader could not judge are left out of the update and counted (`ungraded`).
 """
 from __future__ import annotations
 
@@ -11,31 +20,25 @@ import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from safecomp import graders as graders_lib
+from safecomp import models
 from safecomp import parallel
-from safecomp.constants import INTENT_INDEX, INTENTS, MODES
-
-REFUSAL_MODES = (MODES.index("refusal_redirect"), MODES.index("hard_refusal"))
-from safecomp.rewards import composite
+from safecomp.constants import INTENT_INDEX, INTENTS, MODES, REFUSAL_MODES
+from safecomp.errors import ConfigError
 from safecomp.rl import ppo as ppo_lib
+from safecomp.tokenizers import THINK_CLOSE, THINK_OPEN
 from safecomp.training import batching
+from safecomp.training import generation
 from safecomp.training import loop as loop_lib
 from safecomp.training import rollout as rollout_lib
+from safecomp.training.metrics import MetricWriter, read_metrics
+
+_REFUSAL_MODE_IDS = tuple(MODES.index(m) for m in REFUSAL_MODES)
 
 
-def graft(fresh: Any, pretrained: Any) -> Any:
-  """`fresh` with every leaf that `pretrained` also has replaced by it (new heads stay fresh)."""
-  if isinstance(fresh, dict):
-    return {k: graft(v, pretrained[k]) if isinstance(pretrained, dict) and k in pretrained else v
-            for k, v in fresh.items()}
-  if np.shape(fresh) != np.shape(pretrained):
-    raise ValueError(f"shape mismatch grafting parameters: {np.shape(fresh)} vs {np.shape(pretrained)}")
-  return pretrained
-
-
-def ppo_config(c, eos_id: int) -> ppo_lib.PPOConfig:
+def ppo_config(c, eos_id) -> ppo_lib.PPOConfig:
   p = c.ppo
   return ppo_lib.PPOConfig(
       algorithm=p.algorithm, epochs=p.epochs, num_minibatches=p.num_minibatches, clip_eps=p.clip_eps,
@@ -57,55 +60,33 @@ def rl_from_tree(state: ppo_lib.RLTrainState, tree: dict) -> ppo_lib.RLTrainStat
                        kl_coef=tree["kl_coef"], score_moments=type(state.score_moments)(*tree["score_moments"]))
 
 
-def decode_responses(tokenizer, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
-  """Response text up to (not including) EOS, keeping `<think>` markers for the grader to strip."""
-  specials = {tokenizer.eos_id, tokenizer.pad_id, tokenizer.bos_id}
-  out = []
-  for row, row_mask in zip(np.asarray(tokens), np.asarray(mask)):
-    ids = [int(t) for t, m in zip(row, row_mask) if m and int(t) not in specials]
-    out.append(tokenizer.decode(ids, skip_special_tokens=False))
-  return out
-
-
-def oracle_scores(world, examples, texts, kind: str, severity_to_safety) -> dict[str, np.ndarray]:
-  """Gold oracle grades on the host, combined with the same reward function as the proxy."""
-  from safecomp import testbed  # pylint: disable=import-outside-toplevel
-  grades = [testbed.grade(e.messages, t, world=world) for e, t in zip(examples, texts)]
-  severity = np.asarray([g.severity for g in grades])
-  safety = np.asarray(composite.safety_from_severity(jnp.asarray(severity), severity_to_safety))
-  helpfulness = np.asarray([g.helpfulness for g in grades], np.float32)
-  refused = np.asarray([g.mode in ("refusal_redirect", "hard_refusal") for g in grades], np.float32)
-  intent = np.asarray([INTENT_INDEX[e.intent] for e in examples])
-  reward = np.asarray(composite.composite_reward(
-      jnp.asarray(safety), jnp.asarray(helpfulness), kind, intent=jnp.asarray(intent),
-      refused=jnp.asarray(refused)))
-  gold = np.asarray(composite.composite_reward(jnp.asarray(safety), jnp.asarray(helpfulness), "product"))
-  modes = np.asarray([MODES.index(g.mode) for g in grades])
-  return {"reward": reward, "gold_reward": gold, "safety": safety, "helpfulness": helpfulness,
-          "unsafe": (severity >= 1).astype(np.float32), "modes": modes}
-
-
 def mode_fractions(modes: np.ndarray, prefix: str) -> dict[str, float]:
   return {f"{prefix}mode_{name}": float(np.mean(modes == i)) for i, name in enumerate(MODES)}
 
 
-def gold_metrics(graded: dict[str, np.ndarray], examples) -> dict[str, float]:
+def gold_metrics(graded: dict[str, np.ndarray], prompts) -> dict[str, float]:
   """Gold reward, safety, helpfulness and modes of sampled responses, overall and per prompt intent.
 
-  Per-intent figures show drift the mean hides, e.g. benign helpfulness eroding into generic,
-  over-cautious answers while the overall reward still rises.
+  `graded`: `graders.rewards_of` of the gold grader's grades with the `product` reward. Per-intent
+  figures show drift the mean hides, e.g. benign helpfulness eroding into generic, over-cautious
+  answers while the overall reward still rises. Rows the gold grader could not judge are left out.
   """
-  out = {"gold_reward": float(graded["gold_reward"].mean()), "gold_safety": float(graded["safety"].mean()),
-         "gold_helpfulness": float(graded["helpfulness"].mean()), "gold_unsafe": float(graded["unsafe"].mean()),
-         **mode_fractions(graded["modes"], "gold_")}
-  intents = np.asarray([e.intent for e in examples])
+  ok = graded["graded"] > 0
+  out = {"gold_ungraded": float(np.mean(~ok))}
+  if not ok.any():
+    return out
+  g = {k: v[ok] for k, v in graded.items() if np.ndim(v)}
+  out.update({"gold_reward": float(g["reward"].mean()), "gold_safety": float(g["safety"].mean()),
+              "gold_helpfulness": float(g["helpfulness"].mean()), "gold_unsafe": float(g["unsafe"].mean()),
+              **mode_fractions(g["modes"], "gold_")})
+  intents = np.asarray([x.intent for x in prompts])[ok]
   for intent in INTENTS:
     mask = intents == intent
     if mask.any():
-      out[f"gold_reward_{intent}"] = float(graded["gold_reward"][mask].mean())
-      out[f"gold_helpfulness_{intent}"] = float(graded["helpfulness"][mask].mean())
-      out[f"gold_unsafe_{intent}"] = float(graded["unsafe"][mask].mean())
-      out[f"gold_refusal_{intent}"] = float(np.isin(graded["modes"][mask], REFUSAL_MODES).mean())
+      out[f"gold_reward_{intent}"] = float(g["reward"][mask].mean())
+      out[f"gold_helpfulness_{intent}"] = float(g["helpfulness"][mask].mean())
+      out[f"gold_unsafe_{intent}"] = float(g["unsafe"][mask].mean())
+      out[f"gold_refusal_{intent}"] = float(np.isin(g["modes"][mask], _REFUSAL_MODE_IDS).mean())
   return out
 
 
@@ -113,7 +94,7 @@ def initial_state(p, policy_params, tx=None) -> ppo_lib.RLTrainState:
   c = p.config
   if tx is None:
     tx = loop_lib.make_optimizer(c.ppo, c.ppo.iterations * c.ppo.epochs * c.ppo.num_minibatches)
-  return ppo_lib.create_rl_state(policy_params, tx, ppo_config(c, p.tokenizer.eos_id))
+  return ppo_lib.create_rl_state(policy_params, tx, ppo_config(c, p.stop_ids))
 
 
 def actor_critic(p, trained: bool = True, rm_params: Any = None
@@ -130,10 +111,10 @@ def actor_critic(p, trained: bool = True, rm_params: Any = None
   sft_params = p.trained_params("sft", lm_init, "sft") if trained else lm_init
   if c.ppo.critic == "shared":
     model, init = p.init_model(("lm", "value"), seed_offset=3)
-    params = graft(init, sft_params)
+    params = models.graft(init, sft_params)
     return rollout_lib.ActorCritic(model), params, params
   critic_model, critic_init = p.init_model(("value",), seed_offset=3)
-  critic_params = graft(critic_init, sft_params if rm_params is None else rm_params)
+  critic_params = models.graft(critic_init, sft_params if rm_params is None else rm_params)
   return (rollout_lib.ActorCritic(lm_model, critic_model), {"policy": sft_params, "critic": critic_params},
           sft_params)
 
@@ -154,92 +135,156 @@ def final_policy_params(p) -> Any:
   return {k: v for k, v in params.items() if k != "value_head"}
 
 
+# ------------------------------------------------------------------------------ on-device graders
+def on_device_scorer(p, prompts) -> tuple[Any, Any, Any] | None:
+  """(scorer, its params, per-prompt inputs or None) when `reward.grader` runs in the compiled rollout,
+  else None (the reward is scored on the host)."""
+  c = p.config
+  if c.reward.grader == "rm":
+    rm_model, rm_params = p.trained_reward_model()
+    return rollout_lib.RewardModelScorer(rm_model), rm_params, None
+  if c.reward.grader != "judge":
+    return None
+  judge = p.grader("judge", "reward.grader")
+  if not judge.tokenizer.same_vocabulary(p.tokenizer):
+    print("[ppo] the judge's tokenizer differs from the policy's: each response is decoded and re-tokenised on "
+          "the host, and the judge runs jitted between rollout and update", flush=True)
+    return None
+  segments = judge.segments([x.message_list for x in prompts])
+  longest = segments.max_head + c.ppo.max_new_tokens + segments.max_tail
+  if longest > judge.max_len:
+    raise ConfigError(f"config key 'judge.max_len': the judge's rubric prompts need up to {longest} tokens "
+                      f"(rubric + prompt {segments.max_head}, answer {c.ppo.max_new_tokens}, closing "
+                      f"{segments.max_tail}) but the judge reads {judge.max_len}; shorten max_prompt_len or "
+                      "ppo.max_new_tokens")
+  tok = p.tokenizer
+  scorer = rollout_lib.JudgeScorer(
+      judge.model, tuple(int(i) for i in judge.score_ids), segments.tails, judge.pad_id,
+      think_open=tuple(tok.encode(THINK_OPEN, continuation=True)),
+      think_close=tuple(tok.encode(THINK_CLOSE, continuation=True)),
+      special_ids=tuple(i for i in {*p.stop_ids, tok.pad_id, tok.bos_id} if i is not None),
+      indirect_weight=judge.indirect_weight)
+  print(f"[ppo] reward from the judge {graders_lib.full_name(judge)} inside the compiled rollout "
+        f"({len(segments.rubrics)} rubric prompts of up to {longest} tokens per response)", flush=True)
+  return scorer, judge.params, segments
+
+
 def run_ppo(p) -> dict:
   """The PPO stage of the pipeline (see module docstring)."""
   c = p.config
   tok = p.tokenizer
-  examples = p.examples("train", c.testbed.n_rl_prompts, seed_offset=3)
-  prompts = batching.prompts_to_arrays(tok, [e.messages for e in examples], c.chat_template,
-                                       c.max_prompt_len)
-  intents = np.asarray([INTENT_INDEX[e.intent] for e in examples], np.int32)
+  prompts = generation.fitting_prompts(p.task.train_prompts(), tok, c.chat_template, c.max_prompt_len, "ppo")
+  arrays = batching.prompts_to_arrays(tok, [x.message_list for x in prompts], c.chat_template, c.max_prompt_len)
+  intents = np.asarray([INTENT_INDEX[x.intent] for x in prompts], np.int32)
+  gold_grader = p.grader(c.eval.grader, "eval.grader")
 
-  on_device = c.reward.grader == "rm"
+  device = on_device_scorer(p, prompts)
   # A separate critic starts from the reward model's trunk when this run has one, else from SFT's.
-  rm_model, rm_params = p.trained_reward_model() if on_device else (None, None)
+  rm_params = device[1] if device is not None and c.reward.grader == "rm" else None
   actor, policy_params, ref_params = actor_critic(p, rm_params=rm_params)
 
-  cfg = ppo_config(c, tok.eos_id)
+  cfg = ppo_config(c, p.stop_ids)
   state = initial_state(p, policy_params)
   roll_cfg = rollout_lib.RolloutConfig(
-      max_new_tokens=c.ppo.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
+      max_new_tokens=c.ppo.max_new_tokens, eos_id=p.stop_ids, pad_id=tok.pad_id,
       temperature=c.ppo.temperature, reward_kind=c.reward.kind,
       severity_to_safety=tuple(c.reward.severity_to_safety), helpfulness_kind=c.rm.helpfulness_loss)
 
   update = functools.partial(ppo_lib.ppo_update, forward_fn=actor.forward, config=cfg)
   base_key = jax.random.key(c.seed * 1000 + 77)
   n_unique = c.ppo.prompts_per_iteration // c.ppo.group_size
+  width = c.ppo.max_new_tokens
 
   def batch_fn(step: int) -> dict:
-    index = np.repeat(batching.batch_indices(step, len(examples), n_unique, c.seed + 101), c.ppo.group_size)
-    return {"prompts": prompts["tokens"][index], "prompt_mask": prompts["attention_mask"][index],
-            "intent": intents[index], "index": index, "step": np.int32(step)}
+    index = np.repeat(batching.batch_indices(step, len(prompts), n_unique, c.seed + 101), c.ppo.group_size)
+    batch = {"prompts": arrays["tokens"][index], "prompt_mask": arrays["attention_mask"][index],
+             "intent": intents[index], "index": index, "step": np.int32(step)}
+    if device is not None and device[2] is not None:
+      batch["judge_heads"], batch["judge_head_mask"] = device[2].head_arrays(index, device[2].max_head, tok.pad_id)
+    return batch
 
-  if on_device:
-    rollout = rollout_lib.make_rollout(actor, rm_model, roll_cfg)
+  def grade(index, tokens, mask, grader):
+    """(grades, prompts) of decoded responses."""
+    texts = generation.decode_responses(tok, tokens, mask, p.stop_ids)
+    batch_prompts = [prompts[i] for i in index]
+    return grader.grade(batch_prompts, texts), batch_prompts
 
-    def fused_step(state, batch, ref_params, rm_params):
+  def rewards(grades, batch_prompts, kind):
+    # float32 like the compiled rollout's rewards: one definition of r whichever side computes it.
+    return graders_lib.rewards_of(grades, batch_prompts, kind, as_jax=True,
+                                  severity_to_safety=tuple(c.reward.severity_to_safety))
+
+  if device is not None:
+    scorer, scorer_params, _ = device
+    rollout = rollout_lib.make_rollout(actor, scorer, roll_cfg)
+    extra_keys = ("judge_heads", "judge_head_mask") if device[2] is not None else ()
+
+    def fused_step(state, batch, ref_params, scorer_params):
       roll_key, update_key = jax.random.split(jax.random.fold_in(base_key, batch["step"]))
-      roll = rollout(state.params, ref_params, rm_params, batch["prompts"], batch["prompt_mask"],
-                     batch["intent"], roll_key)
+      inputs = {k: batch[k] for k in extra_keys} or None
+      roll = rollout(state.params, ref_params, scorer_params, batch["prompts"], batch["prompt_mask"],
+                     batch["intent"], roll_key, inputs)
       new_state, metrics = update(state, roll, rng=update_key)
       new_state, metrics["nonfinite"] = loop_lib.keep_if_finite(state, new_state, metrics["loss"])
       metrics.update(proxy_safety=roll["safety"].mean(), proxy_helpfulness=roll["helpfulness"].mean(),
-                     response_tokens=roll["sequences"][:, -c.ppo.max_new_tokens:],
+                     response_tokens=roll["sequences"][:, -width:],
                      response_mask=roll["response_mask"], proxy_rewards=roll["scores"])
       return new_state, metrics
 
-    # Rollout and update as one step on the mesh: policy, reference and reward model split by
+    # Rollout and update as one step on the mesh: policy, reference and on-device grader split by
     # their logical axes, prompts over the data axes (each host feeds its own rows).
     parallel.check_batch_size(c.ppo.prompts_per_iteration, p.mesh, "ppo.prompts_per_iteration")
     policy_sh = actor_shardings(actor, p.mesh)
     ref_sh = parallel.param_shardings(actor.policy_model.config, p.mesh)
-    rm_sh = parallel.param_shardings(rm_model.config, p.mesh)
+    scorer_sh = parallel.param_shardings(scorer.model.config, p.mesh)
     tx = state.tx  # one optimizer object: the state's tree structure must not change
     state, state_sh = parallel.init_sharded_state(lambda q: initial_state(p, q, tx), policy_params, policy_sh,
                                                   p.mesh)
-    ref_params, rm_params = parallel.place(ref_params, ref_sh), parallel.place(rm_params, rm_sh)
+    ref_params, scorer_params = parallel.place(ref_params, ref_sh), parallel.place(scorer_params, scorer_sh)
     batch_sh = parallel.batch_shardings({k: v for k, v in batch_fn(0).items() if k != "index"}, p.mesh)
     rows = parallel.host_rows(batch_sh["prompts"], c.ppo.prompts_per_iteration)
     sharded_step = parallel.shard_step(fused_step, p.mesh, parallel.DEFAULT_RULES, state_sh, batch_sh,
-                                       extra_shardings=(ref_sh, rm_sh),
+                                       extra_shardings=(ref_sh, scorer_sh),
                                        global_batch=c.ppo.prompts_per_iteration)
 
     def step_fn(state, batch):
       index = batch.pop("index")
       local = {k: v[rows] if np.ndim(v) else v for k, v in batch.items()}
-      state, metrics = sharded_step(state, local, ref_params, rm_params)
+      state, metrics = sharded_step(state, local, ref_params, scorer_params)
       return state, dict(metrics, prompt_index=index)
   else:
+    reward_grader = p.grader(c.reward.grader, "reward.grader")
     sampler = functools.partial(jax.jit(rollout_lib.make_sampler(actor, roll_cfg)), ref_params=ref_params)
+
     @jax.jit
     def jit_update(state, roll, rng):
       new_state, metrics = update(state, roll, rng=rng)
       new_state, metrics["nonfinite"] = loop_lib.keep_if_finite(state, new_state, metrics["loss"])
       return new_state, metrics
 
-
     def step_fn(state, batch):
       roll_key, update_key = jax.random.split(jax.random.fold_in(base_key, batch["step"]))
-      roll = jax.device_get(sampler(state.params, prompts=batch["prompts"], prompt_mask=batch["prompt_mask"], rng=roll_key))
-      n = c.ppo.max_new_tokens
-      texts = decode_responses(tok, roll["sequences"][:, -n:], roll["response_mask"])
-      graded = oracle_scores(p.world, [examples[i] for i in batch["index"]], texts, c.reward.kind,
-                             tuple(c.reward.severity_to_safety))
+      roll = jax.device_get(sampler(state.params, prompts=batch["prompts"], prompt_mask=batch["prompt_mask"],
+                                    rng=roll_key))
+      grades, batch_prompts = grade(batch["index"], roll["sequences"][:, -width:], roll["response_mask"],
+                                    reward_grader)
+      scored = rewards(grades, batch_prompts, c.reward.kind)
+      graded = scored["graded"] > 0
+      if not graded.any():
+        raise graders_lib.GraderError(f"reward.grader={c.reward.grader!r} could not grade any response of PPO "
+                                      f"iteration {int(batch['step']) + 1}")
       roll = {k: roll[k] for k in ("sequences", "attention_mask", "response_mask", "old_logprobs",
                                    "ref_logprobs", "values")}
-      roll["scores"] = graded["reward"]
+      if not graded.all():  # ungraded responses take no part in the update: no tokens, no score
+        roll["response_mask"] = roll["response_mask"] * graded[:, None].astype(roll["response_mask"].dtype)
+      roll["scores"] = scored["reward"]
       state, metrics = jit_update(state, roll, rng=update_key)
-      metrics.update(gold_metrics(graded, [examples[i] for i in batch["index"]]))
+      metrics["ungraded"] = float(np.mean(~graded))
+      if c.eval.grader == c.reward.grader:  # the reward grader is the gold standard: log it every step
+        metrics.update(gold_metrics(rewards(grades, batch_prompts, "product"), batch_prompts))
+      else:
+        metrics.update(response_tokens=roll["sequences"][:, -width:], response_mask=roll["response_mask"],
+                       prompt_index=batch["index"], proxy_rewards=scored["reward"])
       return state, metrics
 
   def on_log(step: int, row: dict) -> dict:
@@ -247,12 +292,10 @@ def run_ppo(p) -> dict:
     proxy = row.pop("proxy_rewards", None)
     if tokens is None or (step % c.ppo.gold_every and step != c.ppo.iterations):
       return {}
-    texts = decode_responses(tok, tokens, mask)
-    batch_examples = [examples[i] for i in index]
-    graded = oracle_scores(p.world, batch_examples, texts, "product", tuple(c.reward.severity_to_safety))
-    return {"proxy_reward": float(np.mean(proxy)), **gold_metrics(graded, batch_examples)}
+    grades, batch_prompts = grade(index, tokens, mask, gold_grader)
+    return {"proxy_reward": float(np.mean(proxy)), **gold_metrics(rewards(grades, batch_prompts, "product"),
+                                                                   batch_prompts)}
 
-  from safecomp.training.metrics import MetricWriter  # pylint: disable=import-outside-toplevel
   writer = MetricWriter(p.workdir, "ppo")
   state = loop_lib.run_loop(
       state, step_fn, batch_fn, p.checkpointer("ppo"), writer,
@@ -260,9 +303,8 @@ def run_ppo(p) -> dict:
                           c.max_consecutive_nonfinite, "ppo"),
       to_tree=rl_tree, from_tree=rl_from_tree, on_log=on_log)
   writer.close()
-  from safecomp.training.metrics import read_metrics  # pylint: disable=import-outside-toplevel
   rows = [r for r in read_metrics(writer.path) if "gold_reward" in r]
-  summary = {"iterations": c.ppo.iterations}
+  summary = {"iterations": c.ppo.iterations, "reward_grader": c.reward.grader, "gold_grader": c.eval.grader}
   if rows:
     summary.update(first_gold_reward=rows[0]["gold_reward"], last_gold_reward=rows[-1]["gold_reward"])
     if "proxy_reward" in rows[-1]:

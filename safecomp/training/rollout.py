@@ -1,9 +1,10 @@
-"""The compiled rollout: sample with the KV cache, score with the reward heads, combine into r.
+"""The compiled rollout: sample with the KV cache, score with an on-device grader, combine into r.
 
 `make_rollout(...)` returns one pure function: prompts in, everything PPO needs out, with no host
-round-trip between generation and reward when the grader is the reward model (the default). Graders
-that cannot run inside jit (the gold oracle, HTTP judges) use `make_sampler` and score on the host with
-the same output layout.
+round-trip between generation and reward when the grader runs on device: the reward model's heads
+(`RewardModelScorer`) or a judge LM reading the spec's rubrics (`JudgeScorer`, when it shares the
+policy's vocabulary). Graders that cannot run inside jit (the gold oracle, an HTTP judge, a judge with
+another tokenizer) use `make_sampler` and score on the host with the same output layout.
 """
 from __future__ import annotations
 
@@ -12,16 +13,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from safecomp import models
+from safecomp.constants import INTENT_INDEX
 from safecomp.rewards import composite
+from safecomp.rewards import judge as judge_lib
 from safecomp.rewards import reward_model as rm_lib
 
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
   max_new_tokens: int
-  eos_id: int
+  eos_id: int | tuple[int, ...]  # the stop ids (see safecomp.training.generation.stop_ids)
   pad_id: int
   temperature: float = 1.0
   top_k: int = 0
@@ -104,17 +108,83 @@ def score_reward_model(rm_model, rm_params, batch: dict, intent: jax.Array | Non
           "severity_probs": jax.nn.softmax(out["severity_logits"].astype(jnp.float32), -1)}
 
 
-def make_rollout(actor: ActorCritic, rm_model, cfg: RolloutConfig):
-  """`rollout(params, ref_params, rm_params, prompts, prompt_mask, intent, rng) -> dict`.
+@dataclasses.dataclass(frozen=True)
+class RewardModelScorer:
+  """The trained reward model's heads as the on-device grader (its params: the reward model's)."""
+  model: Any
 
-  One pure function (jit it once): generation, policy/reference log-probs, values and the reward-model
-  reward, all in a single compiled computation. `params` is the actor-critic tree (see `ActorCritic`).
+  def __call__(self, params, batch: dict, intent, inputs, cfg: RolloutConfig) -> dict:
+    del inputs
+    return score_reward_model(self.model, params, batch, intent, cfg)
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeScorer:
+  """A judge LM as the on-device grader (its params: the judge's), sharing the policy's vocabulary.
+
+  Per batch row the rollout gets the ids of each rubric prompt before the completion
+  (`inputs["judge_heads"]` [B, R, P] and `inputs["judge_head_mask"]`); the sampled answer (reasoning
+  and end-of-turn tokens masked) and the rubric's closing ids (`tails`, the same for every prompt) are
+  spliced around it, and the score-token distribution at the end is the grade (see
+  `safecomp.rewards.judge`).
   """
+  model: Any
+  score_ids: tuple[int, ...]
+  tails: tuple[tuple[int, ...], ...]
+  pad_id: int
+  think_open: tuple[int, ...] = ()
+  think_close: tuple[int, ...] = ()
+  special_ids: tuple[int, ...] = ()  # never part of the answer (EOS, end of turn, padding)
+  indirect_weight: float = composite.DEFAULT_INDIRECT_WEIGHT
 
-  def rollout(params, ref_params, rm_params, prompts, prompt_mask, intent, rng) -> dict[str, Any]:
+  def tail_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+    width = max(len(t) for t in self.tails)
+    ids = np.full((len(self.tails), width), self.pad_id, np.int32)
+    mask = np.zeros(ids.shape, np.int32)
+    for r, tail in enumerate(self.tails):
+      ids[r, width - len(tail):], mask[r, width - len(tail):] = tail, 1
+    return ids, mask
+
+  def answer(self, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """The response ids and the mask of what the judge reads (the answer a user sees)."""
+    n = batch["response_mask"].shape[1]
+    response = batch["sequences"][:, -n:]
+    mask = judge_lib.answer_mask(response, batch["response_mask"], self.think_open, self.think_close)
+    for token in self.special_ids:
+      mask = mask * (response != token).astype(mask.dtype)
+    return response, mask
+
+  def __call__(self, params, batch: dict, intent, inputs, cfg: RolloutConfig) -> dict:
+    response, mask = self.answer(batch)
+    tails, tail_mask = self.tail_arrays()
+    probs = judge_lib.judge_probs(self.model, params, inputs["judge_heads"], inputs["judge_head_mask"],
+                                  response, mask, jnp.asarray(tails), jnp.asarray(tail_mask),
+                                  jnp.asarray(self.score_ids, jnp.int32))
+    scores = judge_lib.judgment(probs)
+    malicious = None if intent is None else intent == INTENT_INDEX["malicious"]
+    helpfulness = composite.combine_helpfulness(scores["helpfulness_direct"], scores["helpfulness_indirect"],
+                                                malicious=malicious, indirect_weight=self.indirect_weight)
+    safety, helpfulness, reward = composite.reward_terms(
+        scores["severity_probs"], helpfulness, cfg.reward_kind, severity_to_safety=cfg.severity_to_safety)
+    return {"scores": reward, "safety": safety, "helpfulness": helpfulness,
+            "severity_probs": scores["severity_probs"]}
+
+
+def make_rollout(actor: ActorCritic, scorer: Any, cfg: RolloutConfig):
+  """`rollout(params, ref_params, scorer_params, prompts, prompt_mask, intent, rng, scorer_inputs=None)`.
+
+  One pure function (jit it once): generation, policy/reference log-probs, values and the on-device
+  grader's reward, all in a single compiled computation. `params` is the actor-critic tree (see
+  `ActorCritic`); `scorer` is a `RewardModelScorer`, a `JudgeScorer`, or a reward model (`Transformer`)
+  which is wrapped in a `RewardModelScorer`; `scorer_inputs` are its per-row inputs, if any.
+  """
+  if isinstance(scorer, models.Transformer):
+    scorer = RewardModelScorer(scorer)
+
+  def rollout(params, ref_params, scorer_params, prompts, prompt_mask, intent, rng, scorer_inputs=None):
     batch = sample(actor.policy_model, actor.policy_params(params), prompts, prompt_mask, rng, cfg)
     batch.update(score_policy(actor, params, ref_params, batch, cfg))
-    batch.update(score_reward_model(rm_model, rm_params, batch, intent, cfg))
+    batch.update(scorer(scorer_params, batch, intent, scorer_inputs, cfg))
     return batch
 
   return rollout

@@ -1,6 +1,7 @@
-"""Supervised fine-tuning on prompt -> reasoning + answer, loss on the assistant tokens only."""
+"""The SFT stage: fine-tuning on prompt -> reasoning + answer, loss on the assistant tokens only."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import chex
@@ -11,7 +12,9 @@ import optax
 from flax.training import train_state
 
 from safecomp.parallel.step import accumulate_gradients
+from safecomp.training import batching
 from safecomp.training import loop as loop_lib
+from safecomp.training.metrics import MetricWriter
 
 
 def sft_loss(model, params, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict]:
@@ -65,3 +68,34 @@ def make_sft_eval(model, arrays: dict[str, np.ndarray], batch_size: int):
     return {"eval_loss": total / max(tokens, 1.0), "eval_token_accuracy": correct / max(tokens, 1.0)}
 
   return evaluate
+
+
+def run_sft(p) -> dict:
+  """The SFT stage: the task's teacher-written, judge-filtered conversations (student sees the plain
+  prompt), loss on the assistant turn; held-out loss every `sft.eval_every` steps."""
+  c = p.config
+  train_conv, stats = p.task.sft_conversations("train")
+  eval_conv, _ = p.task.sft_conversations("eval")
+  logging.info("sft: %d/%d teacher outputs kept by the judge", stats["kept"], stats["generated"])
+  train = batching.conversations_to_arrays(p.tokenizer, train_conv, c.chat_template, c.max_seq_len, "SFT rows")
+  held = batching.conversations_to_arrays(p.tokenizer, eval_conv, c.chat_template, c.max_seq_len, "SFT eval rows")
+  model, params = p.init_model(("lm",), seed_offset=1)
+
+  def global_batch(step: int) -> dict:
+    index = batching.batch_indices(step, len(train_conv), c.sft.batch_size, c.seed)
+    return batching.trim_padding(batching.take(train, index), c.pad_multiple)
+
+  state, step_fn, rows = p.sharded_training(
+      sft_step_fn(model, c.sft.microbatches), model, params,
+      loop_lib.make_optimizer(c.sft, c.sft.steps), global_batch(0), c.sft.batch_size, "sft.batch_size")
+  evaluate = make_sft_eval(model, held, c.sft.batch_size)
+  writer = MetricWriter(p.workdir, "sft")
+  state = loop_lib.run_loop(
+      state, step_fn, lambda step: {k: v[rows] for k, v in global_batch(step).items()},
+      p.checkpointer("sft"), writer,
+      loop_lib.LoopConfig(c.sft.steps, c.sft.log_every, c.sft.checkpoint_every,
+                          c.max_consecutive_nonfinite, "sft"),
+      eval_fn=lambda state, step: evaluate(state.params), eval_every=c.sft.eval_every)
+  summary = dict(evaluate(state.params), **stats)
+  writer.close()
+  return summary

@@ -1,0 +1,122 @@
+"""The testbed task: the procedural world's prompts, its teachers' SFT data, its labelled reward-model
+candidates and its gold oracle. Seeds are those the pipeline has always used, so a seed gives the
+same data (and the demo the same figures) as before the task interface existed."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from safecomp import spec as spec_lib
+from safecomp import testbed
+from safecomp.constants import INTENTS
+from safecomp.prompts import Prompt, as_prompt
+from safecomp.tasks import files
+from safecomp.testbed import lexicon
+from safecomp.testbed import teachers
+
+EVAL_SPLITS = ("test", "heldout", "multiturn")
+# The testbed split each task split draws from, and its id in the seeds.
+_SPLIT = {"train": "train", "eval": "test"}
+SPLIT_IDS = {"train": 0, "test": 1, "heldout": 2, "multiturn": 3}
+
+
+class TestbedTask:
+  """See module docstring; `config` is the run config (sections `testbed`, `sft`, `rm`, `eval`)."""
+  kind = "testbed"
+
+  def __init__(self, config):
+    self.config = config
+
+  @functools.cached_property
+  def world(self) -> testbed.World:
+    return testbed.make_world(self.config.testbed.world_seed)
+
+  @functools.cached_property
+  def spec(self):
+    return spec_lib.load_spec(self.config.spec)
+
+  def examples(self, split: str, n: int, seed_offset: int = 0) -> list[testbed.Example]:
+    return testbed.generate_examples(self.world, split, n, seed=self.config.seed * 7919 + seed_offset)
+
+  def _prompts(self, split: str, n: int, seed_offset: int) -> list[Prompt]:
+    return [as_prompt(e) for e in self.examples(split, n, seed_offset)]
+
+  # -- prompts -------------------------------------------------------------------------------------
+  def train_prompts(self) -> list[Prompt]:
+    """The RL prompts."""
+    return self._prompts("train", self.config.testbed.n_rl_prompts, 3)
+
+  def eval_sets(self) -> tuple[str, ...]:
+    return tuple(self.config.eval.splits)
+
+  def eval_set_prompts(self, split: str, n: int | None = None) -> list[Prompt]:
+    """The prompts of one eval split, as the eval stage draws them (same seed)."""
+    splits = self.eval_sets()
+    offset = 20 + (splits.index(split) if split in splits else EVAL_SPLITS.index(split))
+    return self._prompts(split, self.config.eval.n_per_split if n is None else n, offset)
+
+  def eval_prompts(self) -> list[Prompt]:
+    return [p for split in self.eval_sets() for p in self.eval_set_prompts(split)]
+
+  def rm_prompts(self, split: str) -> list[Prompt]:
+    """The prompts whose answers the reward model learns from ("train" or "eval")."""
+    c = self.config.testbed
+    n = c.n_rm if split == "train" else c.n_rm_eval
+    return self._prompts(_SPLIT[split], n, 4 if split == "train" else 5)
+
+  # -- supervised data -----------------------------------------------------------------------------
+  def sft_conversations(self, split: str) -> tuple[list[list[dict]], dict]:
+    """Teacher-written, judge-filtered conversations ("train" or "eval"), or `sft.train_file`'s."""
+    c = self.config
+    if c.sft.train_file:
+      return files.config_sft_conversations(c, split)
+    testbed_split = _SPLIT[split]
+    n = c.testbed.n_sft if split == "train" else c.testbed.n_sft_eval
+    rng = np.random.default_rng([c.seed, 11, SPLIT_IDS[testbed_split]])
+    conversations, stats = [], {"generated": 0, "kept": 0}
+    for example in self.examples(testbed_split, n, seed_offset=1 if split == "train" else 2):
+      row = teachers.make_sft_example(
+          self.world, self.spec, example, c.sft_style, rng, error_rate=c.testbed.teacher_error_rate,
+          judge_miss_rate=c.testbed.judge_miss_rate, reasoning=c.reasoning,
+          caution_rate=c.testbed.teacher_caution_rate)
+      stats["generated"] += 1
+      if row.get("kept", True):
+        stats["kept"] += 1
+        conversations.append(row["messages"])
+    return conversations, stats
+
+  def rm_rows(self, split: str) -> list[dict]:
+    """Labelled reward-model rows: `rm.train_file`'s, or oracle-labelled candidates of every kind.
+
+    When the policy writes reasoning, candidates carry a `<think>` block too (its intent drawn at
+    random, so the reward model must judge the answer rather than the reasoning).
+    """
+    c = self.config
+    if c.rm.train_file:
+      return files.config_rm_rows(c, split)
+    rng = np.random.default_rng([c.seed, 13, SPLIT_IDS[_SPLIT[split]]])
+    rows = []
+    for prompt in self.rm_prompts(split):
+      example = prompt.example
+      picks = rng.choice(len(testbed.CANDIDATE_SOURCES), size=c.testbed.rm_candidates_per_prompt, replace=False)
+      for k in sorted(int(i) for i in picks):
+        answer, _ = testbed.make_candidate(self.world, self.spec, example, testbed.CANDIDATE_SOURCES[k], rng,
+                                           error_rate=c.testbed.teacher_error_rate)
+        grade = testbed.grade(example.messages, answer, world=self.world, example=example)
+        if c.reasoning:
+          reasoning, _ = teachers.spec_reasoning(self.spec, example, intent=str(rng.choice(INTENTS)))
+          answer = f"{lexicon.THINK_OPEN} {reasoning} {lexicon.THINK_CLOSE} {answer}"
+        rows.append({"messages": list(example.messages) + [{"role": "assistant", "content": answer}],
+                     "severity": grade.severity, "helpfulness": grade.helpfulness})
+    return rows
+
+  # -- grading -------------------------------------------------------------------------------------
+  def host_grader(self):
+    """The gold oracle over this world."""
+    from safecomp.graders.oracle import OracleGrader  # pylint: disable=import-outside-toplevel
+    return OracleGrader(self.world, unknown_prompts=self.config.oracle.unknown_prompts)
+
+  def describe(self) -> str:
+    return f"testbed world {self.config.testbed.world_seed}"
+
