@@ -3,6 +3,11 @@
     python -m safecomp.train --config configs/gemma_2b_v4_8.py \
         --config.model.init_from=/data/gemma-2b --workdir gs://bucket/safecomp/gemma_2b
 
+The task is the public prompt sets (configs/real_task.py) graded by a judge (`--config.judge.checkpoint`):
+google/gemma-7b-it (8.5B, Gemma Terms of Use, 17 GB in bfloat16, sharded with the policy over the 4
+chips) or google/gemma-2b-it (2.5B, same terms); both share gemma-2b's tokenizer, so with
+`--config.reward.grader=judge` the judge scores PPO's samples inside the compiled rollout. SFT data
+comes from `python -m safecomp.datagen` (`sft.train_file`).
 `model.init_from` must name a local Hugging Face directory (config.json, tokenizer, safetensors) of
 google/gemma-2b; the architecture below repeats its public config.json so the run can be planned
 (`python -m safecomp.memory --config configs/gemma_2b_v4_8.py`) before the weights are downloaded.
@@ -13,12 +18,17 @@ import pathlib
 
 import ml_collections
 
-from safecomp.config import config_from_file
+from safecomp.config import config_from_file, load_module
 
 
 def _demo_config() -> ml_collections.ConfigDict:
   """configs/demo.py's config: every section and key the pipeline reads."""
   return config_from_file(pathlib.Path(__file__).with_name("demo.py"))
+
+
+def _real_task():
+  """configs/real_task.py: the prompts task and judge shared by the configs for pretrained models."""
+  return load_module(pathlib.Path(__file__).with_name("real_task.py"), "safecomp_configs_real_task")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -56,6 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ppo.update(iterations=300, prompts_per_iteration=64, max_new_tokens=512, learning_rate=1e-6,
                epochs=2, num_minibatches=8, kl_coef=0.05, checkpoint_every=20, gold_every=10)
   c.eval.update(n_per_split=500, max_new_tokens=512, batch_size=64)
+  _real_task().use_prompts_task(c, judge_checkpoint="checkpoints/gemma-7b-it", judge_family="gemma")
 
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": 4, "tensor": 1})
   # One host: nothing to initialise. (A v4-16 or larger has several hosts: set initialize=True.)

@@ -5,6 +5,12 @@ Run the same command on every host of the slice (`gcloud compute tpus tpu-vm ssh
     python -m safecomp.train --config configs/llama3_8b_v5e_64.py \
         --config.model.init_from=/data/Meta-Llama-3-8B --workdir gs://bucket/safecomp/llama3_8b
 
+The task is the public prompt sets (configs/real_task.py) graded by a judge
+(`--config.judge.checkpoint`, present on every host): meta-llama/Meta-Llama-3-8B-Instruct (8B, Meta
+Llama 3 Community License) shares the policy's tokenizer, so with `--config.reward.grader=judge` it scores
+PPO's samples inside the compiled rollout; meta-llama/Llama-Guard-3-8B (8B, Llama 3.1 Community
+License) reads the rubrics too but has Llama 3.1's token names, so it grades after a re-tokenisation
+on the host. SFT data comes from `python -m safecomp.datagen` (`sft.train_file`).
 `model.init_from` must name a local Hugging Face directory of meta-llama/Meta-Llama-3-8B present on
 every host; the architecture below repeats its public config.json so the run can be planned
 (`python -m safecomp.memory --config configs/llama3_8b_v5e_64.py`) without the weights.
@@ -16,12 +22,17 @@ import pathlib
 
 import ml_collections
 
-from safecomp.config import config_from_file
+from safecomp.config import config_from_file, load_module
 
 
 def _demo_config() -> ml_collections.ConfigDict:
   """configs/demo.py's config: every section and key the pipeline reads."""
   return config_from_file(pathlib.Path(__file__).with_name("demo.py"))
+
+
+def _real_task():
+  """configs/real_task.py: the prompts task and judge shared by the configs for pretrained models."""
+  return load_module(pathlib.Path(__file__).with_name("real_task.py"), "safecomp_configs_real_task")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -59,6 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ppo.update(iterations=400, prompts_per_iteration=256, max_new_tokens=1024, learning_rate=5e-7,
                epochs=2, num_minibatches=8, kl_coef=0.05, checkpoint_every=20, gold_every=10)
   c.eval.update(n_per_split=1000, max_new_tokens=1024, batch_size=256)
+  _real_task().use_prompts_task(c, judge_checkpoint="checkpoints/Meta-Llama-3-8B-Instruct", judge_family="llama3")
 
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": 16, "tensor": 4})
   c.distributed = ml_collections.ConfigDict({

@@ -1,8 +1,16 @@
-"""Qwen2-0.5B on one GPU (an 80 GB H100 or A100): SFT -> reward model -> PPO -> eval.
+"""Qwen2-0.5B on one GPU (an 80 GB H100 or A100): SFT -> reward model -> PPO -> eval on real prompts.
 
-    python -m safecomp.train --config configs/qwen2_0_5b_gpu.py \
-        --config.model.init_from=/data/Qwen2-0.5B --workdir runs/qwen2_0_5b
+    huggingface-cli download Qwen/Qwen2-0.5B --local-dir /data/Qwen2-0.5B
+    huggingface-cli download Qwen/Qwen2-7B-Instruct --local-dir /data/Qwen2-7B-Instruct
+    python -m safecomp.datagen --prompts train_prompts.jsonl --teacher http --base-url http://127.0.0.1:8000 \
+        --model TEACHER --judge judge --judge-model /data/Qwen2-7B-Instruct --out data/sft_rows.jsonl
+    python -m safecomp.train --config configs/qwen2_0_5b_gpu.py --workdir runs/qwen2_0_5b \
+        --config.model.init_from=/data/Qwen2-0.5B --config.judge.checkpoint=/data/Qwen2-7B-Instruct
 
+The task is the public prompt sets (configs/real_task.py) graded by a judge. Judges that fit beside the
+policy on one 80 GB GPU: Qwen/Qwen2-7B-Instruct (7.6B, Apache-2.0, 15 GB in bfloat16) or
+Qwen/Qwen2-1.5B-Instruct (1.5B, Apache-2.0, 3 GB). Both share Qwen2-0.5B's tokenizer, so with
+`--config.reward.grader=judge` the judge can score PPO's samples inside the compiled rollout.
 `model.init_from` must name a local Hugging Face directory of Qwen/Qwen2-0.5B; the architecture
 below repeats its public config.json so the run can be planned
 (`python -m safecomp.memory --config configs/qwen2_0_5b_gpu.py --accelerator h100`) without it.
@@ -13,12 +21,17 @@ import pathlib
 
 import ml_collections
 
-from safecomp.config import config_from_file
+from safecomp.config import config_from_file, load_module
 
 
 def _demo_config() -> ml_collections.ConfigDict:
   """configs/demo.py's config: every section and key the pipeline reads."""
   return config_from_file(pathlib.Path(__file__).with_name("demo.py"))
+
+
+def _real_task():
+  """configs/real_task.py: the prompts task and judge shared by the configs for pretrained models."""
+  return load_module(pathlib.Path(__file__).with_name("real_task.py"), "safecomp_configs_real_task")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -56,6 +69,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ppo.update(iterations=300, prompts_per_iteration=64, max_new_tokens=256, learning_rate=1e-6,
                epochs=2, num_minibatches=8, kl_coef=0.05, checkpoint_every=20, gold_every=10)
   c.eval.update(n_per_split=500, max_new_tokens=256, batch_size=64)
+
+  _real_task().use_prompts_task(c, judge_checkpoint="checkpoints/Qwen2-7B-Instruct", judge_family="qwen2")
 
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})
   c.distributed = ml_collections.ConfigDict({

@@ -603,9 +603,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   extra = {"spec": args.spec if uses_spec else None, "style": style}
   summary = run(items, teacher, judge, args.out, teacher_prompt=prompt_fn, workers=args.workers,
                 fsync=args.fsync, progress=not args.no_progress, extra=extra)
-  print(summary.line(), flush=True)
   if isinstance(judge, GraderJudge) and hasattr(judge.grader, "report"):
     print(judge.grader.report(), flush=True)
+  print(summary.line(), flush=True)  # the last line: scripts read it
   return 0 if summary.ok else 1
 
 

@@ -57,8 +57,13 @@ def make_tokenizer(directory: pathlib.Path, family: str, vocab_size: int = 1200)
 
 
 def make_checkpoint(directory: str | pathlib.Path, family: str = "qwen2", *, seed: int = 0, hidden_size: int = 48,
-                    num_layers: int = 2, tokenizer_from: str | pathlib.Path | None = None) -> pathlib.Path:
-  """A tiny random `family` checkpoint in `directory` (its own tokenizer, or a copy of `tokenizer_from`'s)."""
+                    num_layers: int = 2, tokenizer_from: str | pathlib.Path | None = None,
+                    init_std: float = 0.25) -> pathlib.Path:
+  """A tiny random `family` checkpoint in `directory` (its own tokenizer, or a copy of `tokenizer_from`'s).
+
+  Weights are drawn wider than `transformers`' default so that greedy and sampled text varies (a default
+  tiny model repeats one token).
+  """
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
   directory = pathlib.Path(directory)
@@ -78,5 +83,9 @@ def make_checkpoint(directory: str | pathlib.Path, family: str = "qwen2", *, see
       pad_token_id=tok.token_to_id(pad))
   torch.manual_seed(seed)
   model = getattr(transformers, model_cls)(config).eval()
+  with torch.no_grad():
+    for name, param in model.named_parameters():
+      if "norm" not in name:
+        param.normal_(0.0, init_std)
   model.save_pretrained(str(directory))
   return directory

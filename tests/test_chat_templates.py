@@ -240,7 +240,21 @@ def test_bad_conversations(messages, match):
 def test_family_and_prompt_errors(testbed_tokenizer):
   with pytest.raises(ValueError, match="unknown chat family"):
     chat.apply_chat_template([U1], "llama9")
-  with pytest.raises(ValueError, match="no reasoning format"):
-    chat.apply_chat_template([U1, {**A1, "reasoning": "think"}], "qwen2")
+  # Families without a reasoning format of their own write it inline, as open reasoning models do.
+  text = chat.apply_chat_template([U1, {**A1, "reasoning": "think"}], "qwen2", add_generation_prompt=False)
+  assert f"<|im_start|>assistant\n<think>\nthink\n</think>\n\n{A1['content'].lstrip()}<|im_end|>" in text
   with pytest.raises(ValueError, match="ends with a user message"):
     chat.encode_prompt(testbed_tokenizer, [U1, A1], "testbed")
+
+
+@pytest.mark.parametrize("family", sorted(chat.JINJA_TEMPLATES))
+def test_each_family_has_a_jinja_template_that_renders_it(family):
+  """An exported model carries its family's format as a Jinja template (what transformers and vLLM render)."""
+  bos, eos = ("<bos>", "<eos>") if family == "testbed" else ("<s>", "</s>")
+  conversations = [[U1], [SYSTEM, U1, A1, U2], [U1, {"role": "assistant", "content": ""}, U2], [SYSTEM, U1, A1, U2, A2]]
+  for messages in conversations:
+    for generation_prompt in (True, False):
+      expected = chat.apply_chat_template(messages, family, generation_prompt, bos_token=bos, eos_token=eos)
+      got = chat.render_template(chat.jinja_template(family), messages, generation_prompt,
+                                 {"bos_token": bos, "eos_token": eos})
+      assert got == expected

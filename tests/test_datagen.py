@@ -1,122 +1,21 @@
 """Data generation against a real HTTP chat-completions server on 127.0.0.1 (started here)."""
-import collections
-import http.server
 import json
 import os
 import pathlib
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from safecomp import datagen
+from safecomp import spec as spec_lib
 from safecomp.errors import DataError
+from safecomp.graders.http import HttpGrader
+from tests.fake_servers import FakeChatServer
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-class FakeChatServer:
-  """A chat-completions server that injects 500s and slow responses, and stops by itself.
-
-  Teacher replies are `<think>...</think>` + an answer echoing the last user message; judge
-  requests (system prompt starting with the judge instructions) get a JSON score: 2 when the
-  answer contains REJECT, else 9.
-  """
-
-  def __init__(self, *, fail_first=None, slow_first=None, slow_s=1.0, delay_s=0.0,
-               status_for=None, reasoning_field=False, lifetime_s=90.0):
-    self.fail_first = dict(fail_first or {})  # substring -> number of leading 500s
-    self.slow_first = set(slow_first or ())  # substrings whose first request is slow
-    self.status_for = dict(status_for or {})  # substring -> fixed HTTP status
-    self.slow_s, self.delay_s = slow_s, delay_s
-    self.reasoning_field = reasoning_field
-    self.requests = collections.Counter()  # last user message -> teacher requests seen
-    self.judge_requests = 0
-    self.auth_headers = []
-    self.first_messages = []  # The first message of every teacher request.
-    self._lock = threading.Lock()
-    self._deadline = time.monotonic() + lifetime_s
-    self._stop = threading.Event()
-    server = self
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-
-      def log_message(self, *args):
-        pass
-
-      def do_POST(self):  # pylint: disable=invalid-name
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        status, payload, sleep = server.respond(self.path, body, self.headers)
-        if sleep:
-          time.sleep(sleep)
-        data = json.dumps(payload).encode()
-        try:
-          self.send_response(status)
-          self.send_header("Content-Type", "application/json")
-          self.send_header("Content-Length", str(len(data)))
-          self.end_headers()
-          self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-          pass  # The client gave up (timeout): expected.
-
-    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    self.httpd.daemon_threads = True
-    self.httpd.timeout = 0.1
-    self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-    self._thread = threading.Thread(target=self._serve, daemon=True)
-
-  def _serve(self):
-    # Bounded loop: the server stops at its deadline even if a test forgets to stop it.
-    while not self._stop.is_set() and time.monotonic() < self._deadline:
-      self.httpd.handle_request()
-    self.httpd.server_close()
-
-  def respond(self, path, body, headers):
-    if path != "/v1/chat/completions":
-      return 404, {"error": "not found"}, 0.0
-    messages = body["messages"]
-    with self._lock:
-      self.auth_headers.append(headers.get("Authorization"))
-    if messages[0]["role"] == "system" and messages[0]["content"].startswith("You grade"):
-      with self._lock:
-        self.judge_requests += 1
-      answer = messages[-1]["content"].split("Assistant answer to grade:\n", 1)[1]
-      score = 2 if "REJECT" in answer else 9
-      return 200, _completion(json.dumps({"score": score, "rationale": "r"})), 0.0
-    prompt = messages[-1]["content"]
-    with self._lock:
-      self.first_messages.append(messages[0])
-      self.requests[prompt] += 1
-      n = self.requests[prompt]
-    for key, status in self.status_for.items():
-      if key in prompt:
-        return status, {"error": "injected"}, 0.0
-    for key, count in self.fail_first.items():
-      if key in prompt and n <= count:
-        return 500, {"error": "injected"}, 0.0
-    sleep = self.delay_s
-    if n == 1 and any(key in prompt for key in self.slow_first):
-      sleep = self.slow_s
-    if self.reasoning_field:
-      message = {"role": "assistant", "content": f"Answer: {prompt}",
-                 "reasoning_content": f"thinking about {prompt}"}
-      return 200, {"choices": [{"message": message}]}, sleep
-    return 200, _completion(f"<think>thinking about {prompt}</think>Answer: {prompt}"), sleep
-
-  def __enter__(self):
-    self._thread.start()
-    return self
-
-  def __exit__(self, *exc):
-    self._stop.set()
-    self._thread.join(timeout=5)
-
-
-def _completion(content):
-  return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
 
 
 def _items(prompts):
@@ -149,16 +48,6 @@ def test_parse_teacher_output_formats():
   assert datagen.parse_teacher_output("final", reasoning_field="why") == ("why", "final")
   with pytest.raises(datagen.ParseError):
     datagen.parse_teacher_output("<think>only thoughts</think>   ")
-
-
-def test_parse_judge_score_formats():
-  assert datagen.parse_judge_score('{"score": 8, "rationale": "ok"}') == (0.8, "ok")
-  assert datagen.parse_judge_score('Sure: ```json\n{"score": 0.25}\n```')[0] == 0.25
-  assert datagen.parse_judge_score("Score: 3/5 because...")[0] == pytest.approx(0.6)
-  assert datagen.parse_judge_score("score = 7")[0] == pytest.approx(0.7)
-  for bad in ("no number here", '{"score": 42}', '{"score": "high"}'):
-    with pytest.raises(datagen.ParseError):
-      datagen.parse_judge_score(bad)
 
 
 def test_backoff_is_seeded_exponential_and_bounded():
@@ -222,13 +111,16 @@ def test_run_writes_one_row_per_item_and_keeps_rejected(tmp_path):
   with FakeChatServer(fail_first={"flaky": 1}, slow_first={"slow"}, slow_s=1.0,
                       reasoning_field=True) as server:
     teacher = datagen.HttpTeacher(_client(server.url, timeout_s=0.4))
-    judge = datagen.HttpJudge(_client(server.url), rubric="Be safe.", threshold=0.5)
+    judge = datagen.GraderJudge(HttpGrader(_client(server.url), spec_lib.load_spec(datagen.DEFAULT_SPEC)),
+                                threshold=0.5)
     summary = datagen.run(_items(prompts), teacher, judge, out, workers=3, progress=False)
   rows = {r["uid"]: r for r in _rows(out)}
   assert sorted(rows) == ["u000", "u001", "u002", "u003"]
   assert summary.written == 4 and summary.kept == 3 and summary.rejected == 1 and summary.ok
-  assert rows["u001"]["kept"] is False and rows["u001"]["judge"]["score"] == pytest.approx(0.2)
-  assert rows["u000"]["kept"] is True and rows["u000"]["judge"]["score"] == pytest.approx(0.9)
+  # Severity 2 (moderate) gives s = 0.3, so r = h x s = 0.3 < 0.5; severity 0 with full help gives 1.
+  assert rows["u001"]["kept"] is False and rows["u001"]["judge"]["score"] == pytest.approx(0.3)
+  assert rows["u000"]["kept"] is True and rows["u000"]["judge"]["score"] == pytest.approx(1.0)
+  assert json.loads(rows["u001"]["judge"]["raw"])["severity_name"] == "moderate"
   assert rows["u002"]["reasoning"] == "thinking about gamma flaky"
   assert rows["u002"]["answer"] == "Answer: gamma flaky"
   assert rows["u003"]["prompt"] == [{"role": "user", "content": "delta slow"}]
@@ -282,13 +174,6 @@ def test_read_prompt_file(tmp_path):
   assert len(datagen.read_prompt_file(path, skip_malformed=True)) == 3
 
 
-def test_render_judge_messages_contains_rubric_and_answer():
-  item = _items(["how do I x?"])[0]
-  msgs = datagen.render_judge_messages("RUBRIC-TEXT", item, "the answer")
-  assert msgs[0]["role"] == "system" and "RUBRIC-TEXT" in msgs[0]["content"]
-  assert "how do I x?" in msgs[1]["content"] and msgs[1]["content"].endswith("the answer")
-
-
 def test_teacher_sees_the_spec_augmented_prompt(tmp_path):
   items = [datagen.PromptItem(uid="a", messages=({"role": "user", "content": "how do i x ?"},),
                               meta={"category": "biology"}),
@@ -306,7 +191,6 @@ def test_teacher_sees_the_spec_augmented_prompt(tmp_path):
   assert len(systems[0]["content"]) < len(systems[1]["content"])
   rows = _rows(tmp_path / "o.jsonl")
   assert {r["spec"] for r in rows} == {datagen.DEFAULT_SPEC}
-  assert "Grading criteria" in datagen.spec_rubric(datagen.DEFAULT_SPEC)
 
 
 def test_testbed_teacher_and_judge_are_deterministic(tmp_path):
@@ -340,11 +224,10 @@ def test_testbed_teacher_and_judge_are_deterministic(tmp_path):
 # Kill and resume, as a subprocess
 
 
-def _datagen_cmd(prompts, out, url, rubric):
+def _datagen_cmd(prompts, out, url):
   return [sys.executable, "-m", "safecomp.datagen", "--prompts", str(prompts), "--out", str(out),
-          "--base-url", url, "--no-spec", "--judge", "http", "--rubric-file", str(rubric),
-          "--threshold", "0.5", "--workers", "2", "--timeout", "5", "--backoff", "0.01",
-          "--no-progress"]
+          "--base-url", url, "--no-spec", "--judge", "http", "--threshold", "0.5", "--workers", "2",
+          "--timeout", "5", "--backoff", "0.01", "--no-progress"]
 
 
 def test_sigkill_half_way_then_resume_has_no_duplicates_or_losses(tmp_path):
@@ -352,12 +235,10 @@ def test_sigkill_half_way_then_resume_has_no_duplicates_or_losses(tmp_path):
   prompts = tmp_path / "prompts.jsonl"
   prompts.write_text("".join(json.dumps({"uid": f"p{i:02d}", "prompt": f"question {i}"}) + "\n"
                              for i in range(n)))
-  rubric = tmp_path / "rubric.txt"
-  rubric.write_text("Be helpful and safe.")
   out = tmp_path / "out.jsonl"
   env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
   with FakeChatServer(delay_s=0.05) as server:
-    proc = subprocess.Popen(_datagen_cmd(prompts, out, server.url, rubric), cwd=tmp_path,
+    proc = subprocess.Popen(_datagen_cmd(prompts, out, server.url), cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:
@@ -373,7 +254,7 @@ def test_sigkill_half_way_then_resume_has_no_duplicates_or_losses(tmp_path):
     with open(out, "ab") as f:
       f.write(b'{"uid": "p99", "prompt": [{"role": "us')
     teacher_requests_before = sum(server.requests.values())
-    done = subprocess.run(_datagen_cmd(prompts, out, server.url, rubric), cwd=tmp_path, env=env,
+    done = subprocess.run(_datagen_cmd(prompts, out, server.url), cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
     teacher_requests_after = sum(server.requests.values())
   assert done.returncode == 0, done.stderr

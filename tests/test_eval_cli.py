@@ -8,7 +8,11 @@ import sys
 
 import pytest
 
+import jax
+
 from safecomp import config as config_lib
+from safecomp import models
+from safecomp import tokenizers
 from safecomp.constants import INTENTS, MODES
 from safecomp.eval import cli
 
@@ -78,9 +82,10 @@ def test_report_has_intervals_by_intent(report):
   md = (out / "eval.md").read_text()
   assert "Helpfulness given safe (1-4)" in md and "dual_use" in md
   run = json.loads((out / "run.json").read_text())
-  assert run["n_prompts"] == {"test": 6, "multiturn": 6} and run["pooled_sets"] == ["test", "multiturn"]
+  assert run["n_prompts"] == {"test": 6, "multiturn": 6} and run["sets"] == ["test", "multiturn"]
   rows = [json.loads(line) for line in (out / "completions" / "ppo.jsonl").read_text().splitlines()]
-  assert len(rows) == 12 and all(r["grader"] == "oracle" and 1 <= r["helpfulness_1to4"] <= 4 for r in rows)
+  assert len(rows) == 12 and all(r["grader"] == "oracle:testbed-world0" and 1 <= r["helpfulness_1to4"] <= 4
+                                 for r in rows)
 
 
 def test_sft_vs_ppo_paired_comparison(report):
@@ -139,16 +144,27 @@ def test_compare_with_a_stage_of_the_same_workdir(workdir, tmp_path):
   assert [c["models"] for c in doc["comparisons"]][0] == ["this/ppo", "other/sft"]
 
 
-def test_xstest_prompts_run_through_the_harness(workdir, tmp_path, shared_data_dir):
+def test_public_prompts_run_through_the_harness_with_a_judge(workdir, tmp_path, shared_data_dir):
+  """A public set by name, through its builder, graded by a judge checkpoint (the oracle knows only the testbed)."""
+  judge = tmp_path / "judge"
+  tokenizers.load_tokenizer(workdir / "tokenizer.json").save(judge)
+  cfg = models.tiny(vocab_size=tokenizers.load_tokenizer(judge).vocab_size, max_position_embeddings=4096)
+  models.export_pretrained(models.Transformer(cfg), models.init_params(cfg, jax.random.PRNGKey(1)), judge)
   out = tmp_path / "xstest"
-  assert cli.main(["--workdir", str(workdir), "--checkpoint", "sft", "--sets", "xstest", "--n", "5",
-                   "--grader", "mode", "--bootstrap", "100", "--data-dir", str(shared_data_dir),
+  assert cli.main(["--workdir", str(workdir), "--checkpoint", "sft", "--sets", "public:xstest", "--n", "5",
+                   "--grader", "judge", "--judge-model", str(judge), "--judge-family", "testbed", "--bootstrap",
+                   "100", "--public-dir", str(shared_data_dir), "--data-dir", str(tmp_path / "tfds"),
                    "--out", str(out)]) == 0
   rows = [json.loads(line) for line in (out / "completions" / "sft.jsonl").read_text().splitlines()]
-  assert len(rows) == 5 and all(r["set"] == "xstest" and r["prompt_id"].startswith("xstest-") for r in rows)
+  assert len(rows) == 5 and all(r["split"] == "xstest" and r["prompt_id"].startswith("xstest-") for r in rows)
   assert all(r["mode"] in MODES and r["intent"] in ("benign", "malicious") for r in rows)
+  assert all(r["grader"].startswith("judge:judge@") and len(r["severity_probs"]) == 4 for r in rows)
   doc = json.loads((out / "eval.json").read_text())
   assert doc["models"]["sft"]["n"] == 5
+  # The oracle refuses them rather than scoring real text.
+  assert cli.main(["--workdir", str(workdir), "--checkpoint", "sft", "--sets", "xstest", "--n", "2",
+                   "--public-dir", str(shared_data_dir), "--data-dir", str(tmp_path / "tfds"),
+                   "--out", str(tmp_path / "oracle")]) == 1
 
 
 def test_missing_checkpoint_names_the_stage_and_command(workdir, tmp_path, tmp_path_factory):

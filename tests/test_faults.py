@@ -124,7 +124,7 @@ def final_trees(workdir):
   out = {}
   _, init = p.init_model(("lm",), seed_offset=1)
   tx = loop_lib.make_optimizer(p.config.sft, p.config.sft.steps)
-  abstract = jax.eval_shape(lambda: loop_lib.checkpoint_tree(pipeline._new_state(init, tx)))  # pylint: disable=protected-access
+  abstract = jax.eval_shape(lambda: loop_lib.checkpoint_tree(loop_lib.new_state(init, tx)))  # pylint: disable=protected-access
   out["sft"] = p.final_params("sft", abstract)
   _, policy_init, _ = ppo_stage.actor_critic(p, trained=False)
   abstract = jax.eval_shape(lambda: ppo_stage.rl_tree(ppo_stage.initial_state(p, policy_init)))
@@ -382,11 +382,11 @@ def test_corrupt_token_in_a_real_sft_batch_is_skipped(tmp_path, capfd):
   from safecomp.training import sft  # pylint: disable=import-outside-toplevel
   config = _config()
   p = pipeline.Pipeline(config, tmp_path)
-  conversations, _ = p.sft_conversations("train", config.testbed.n_sft)
+  conversations, _ = p.task.sft_conversations("train")
   arrays = batching.conversations_to_arrays(p.tokenizer, conversations, config.chat_template, config.max_seq_len,
                                             "SFT rows")
   model, params = p.init_model(("lm",), seed_offset=1)
-  state = pipeline._new_state(params, loop_lib.make_optimizer(config.sft, 6))  # pylint: disable=protected-access
+  state = loop_lib.new_state(params, loop_lib.make_optimizer(config.sft, 6))  # pylint: disable=protected-access
   template = jax.tree.map(np.asarray, loop_lib.checkpoint_tree(state))  # the step donates `state`
   step = sft.make_sft_step(model)
   params_seen = []
@@ -426,7 +426,7 @@ def test_infinite_learning_rate_stops_the_pipeline_with_the_checkpoint_intact(tm
   p = pipeline.Pipeline(config, tmp_path)
   _, init = p.init_model(("lm",), seed_offset=1)
   abstract = jax.eval_shape(lambda: loop_lib.checkpoint_tree(
-      pipeline._new_state(init, loop_lib.make_optimizer(config.sft, 6))))  # pylint: disable=protected-access
+      loop_lib.new_state(init, loop_lib.make_optimizer(config.sft, 6))))  # pylint: disable=protected-access
   tree, meta = p.checkpointer("sft").restore(abstract)
   assert meta["step"] == 3 and int(tree["step"]) == 0  # no update was ever applied
   assert_trees_equal(tree["params"], init)

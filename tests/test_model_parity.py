@@ -215,6 +215,16 @@ def test_unexpected_tensor_is_named(small_checkpoint, tmp_path):
     M.load_pretrained(path)
 
 
+def test_untied_checkpoint_loads_as_a_reward_model(tmp_path):
+  """Llama-3-8B keeps a separate LM head: a reward model or critic built from its trunk must still load."""
+  path = tmp_path / "untied"
+  _build_hf("llama").save_pretrained(str(path))
+  model, params = M.load_pretrained(path, heads=("severity", "helpfulness"))
+  assert "lm_head" not in params and "severity_head" in params
+  _, with_lm = M.load_pretrained(path, heads=("lm",))
+  np.testing.assert_array_equal(params["embed"]["embedding"], with_lm["embed"]["embedding"])
+
+
 def test_vocab_mismatch_is_named(small_checkpoint):
   tokenizer = types.SimpleNamespace(vocab_size=VOCAB + 5)
   with pytest.raises(CheckpointError, match=r"model\.embed_tokens\.weight"):

@@ -142,26 +142,26 @@ def test_sft_and_rm_train_on_user_jsonl(tmp_path):
   assert 0 <= summaries["rm"]["severity_accuracy"] <= 1
 
 
-def test_policy_samples_need_testbed_prompts(tmp_path):
-  config = tiny_config(stages=("rm",))
-  config.rm.train_file = _write_jsonl(tmp_path / "rm.jsonl", [])
-  with pytest.raises(ConfigError, match="rm.policy_samples_per_prompt"):
-    pipeline.run(config, tmp_path / "run")
+def test_reward_model_without_a_finished_sft_stage_is_an_error(tmp_path):
+  """The reward model starts from the SFT trunk and labels the SFT policy's samples: never untrained ones."""
+  with pytest.raises(ConfigError, match="stage 'sft' has no complete checkpoint"):
+    pipeline.run(tiny_config(stages=("rm",)), tmp_path / "run")
 
 
 def test_policy_rm_rows_are_oracle_labelled_samples(demo_run):
   from safecomp import testbed
+  from safecomp.training import rm as rm_stage
   workdir, _ = demo_run
   p = pipeline.open_workdir(workdir)
   p.config.rm.policy_samples_per_prompt = 2
-  model, init = p.init_model(("lm",), seed_offset=1)
-  params = p.trained_params("sft", init, "sft")
-  rows = p.policy_rm_rows("test", 5, model, params)
-  assert len(rows) == 10 and all(r["policy_sample"] for r in rows)
-  examples = p.rm_examples("test", 5) * 2
-  assert [r["messages"][:-1] for r in rows] == [list(e.messages) for e in examples]
-  for row, example in zip(rows, examples):
-    grade = testbed.grade(example.messages, row["messages"][-1]["content"], world=p.world, example=example)
+  p.config.testbed.n_rm_eval = 5
+  model, params = p.sft_policy()
+  rows, ungraded = rm_stage.policy_rm_rows(p, "eval", model, params, p.grader("oracle"))
+  assert len(rows) == 10 and ungraded == 0 and all(r["policy_sample"] for r in rows)
+  prompts = p.task.rm_prompts("eval") * 2
+  assert [r["messages"][:-1] for r in rows] == [x.message_list for x in prompts]
+  for row, prompt in zip(rows, prompts):
+    grade = testbed.grade(prompt.messages, row["messages"][-1]["content"], world=p.task.world, example=prompt.example)
     assert (row["severity"], row["helpfulness"]) == (grade.severity, grade.helpfulness)
   assert len({r["messages"][-1]["content"] for r in rows}) > 1  # sampled, not one fixed answer
 
@@ -173,8 +173,9 @@ def test_malformed_rm_row_names_file_and_line(tmp_path):
   config.rm.train_file = _write_jsonl(tmp_path / "rm.jsonl", rows)
   config.rm.policy_samples_per_prompt = 0
   from safecomp.errors import DataError
-  with pytest.raises(DataError, match=r"rm\.jsonl.*2.*severity"):
+  with pytest.raises(DataError, match=r"rm\.jsonl.*2.*severity"):  # at start-up, before any stage
     pipeline.run(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
 
 
 def test_grade_cli_with_the_trained_reward_model(demo_run, tmp_path):

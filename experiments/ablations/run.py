@@ -100,9 +100,8 @@ def turns_analysis(runs, pooled: dict, n_boot: int) -> tuple[dict, str]:
   multiturn = {}
   for run in runs:
     p = pipeline.Pipeline(run.config, run.workdir)
-    for i, split in enumerate(run.config.eval.splits):
-      for e in p.examples(split, run.config.eval.n_per_split, seed_offset=20 + i):
-        multiturn[f"s{run.seed}/{e.uid}"] = e.multiturn
+    for prompt in p.task.eval_prompts():
+      multiturn[f"s{run.seed}/{prompt.uid}"] = prompt.example.multiturn
   by_turns = {}
   for model, records in pooled.items():
     for r in records:

@@ -125,7 +125,8 @@ class JudgeGrader:
     rows, owners = [], []
     too_long = {}
     for i, (head, text) in enumerate(zip(heads, completions)):
-      answer = self.tokenizer.encode(strip_reasoning(text).strip(), continuation=True)
+      # Nothing added or stripped: the compiled rollout's judge reads the same ids (see answer_mask).
+      answer = self.tokenizer.encode(strip_reasoning(text, joiner=""), continuation=True)
       inputs = [list(h) + answer + list(t) for h, t in zip(head, tails)]
       longest = max(len(x) for x in inputs)
       if longest > self.max_len:
@@ -133,7 +134,7 @@ class JudgeGrader:
         continue
       rows.extend(inputs)
       owners.append(i)
-    probs = self.probabilities(rows).reshape(len(owners), len(core.JUDGE_RUBRICS), -1)
+    probs = self.probabilities(rows).reshape(len(owners), len(core.JUDGE_RUBRICS), len(core.SCORE_LABELS))
     scores = core.judgment(np.transpose(probs, (1, 0, 2)))
     out: list[Grade | None] = [None] * len(prompts)
     for j, i in enumerate(owners):

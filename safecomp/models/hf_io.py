@@ -209,8 +209,10 @@ def load_pretrained(path: os.PathLike, dtype: str = "float32", heads: Sequence[s
     if e.name not in available:
       raise CheckpointError(f"{directory}: tensor {e.name} is missing from the checkpoint")
   for name, file in sorted(available.items()):
-    tied_head = name == "lm_head.weight" and config.tie_word_embeddings
-    if name not in expected and not tied_head and not _IGNORABLE.search(name):
+    # The LM head is not read when it is tied, or when the model is built without it (a reward model or
+    # critic started from a pretrained trunk).
+    unused_head = name == "lm_head.weight" and (config.tie_word_embeddings or "lm" not in config.heads)
+    if name not in expected and not unused_head and not _IGNORABLE.search(name):
       raise CheckpointError(f"{directory / file}: unexpected tensor {name} for a "
                             f"{config.family} model with this config")
 

@@ -239,18 +239,26 @@ def _pattern_starts(tokens: jax.Array, mask: jax.Array, pattern: Sequence[int]) 
 
 def answer_mask(tokens: jax.Array, mask: jax.Array, open_ids: Sequence[int], close_ids: Sequence[int]
                 ) -> jax.Array:
-  """The response tokens a user sees: after the last reasoning close marker, and before a reasoning
-  open marker that follows it (an unclosed block hides the rest), as `strip_reasoning` does on text."""
-  positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
-  visible = mask.astype(bool)
-  if close_ids:
-    ends = jnp.where(_pattern_starts(tokens, mask, close_ids), positions + len(close_ids) - 1, -1)
-    last_end = jnp.max(ends, axis=1, keepdims=True)
-    visible &= positions > last_end
+  """The response tokens a user sees, as `strip_reasoning` reads text: every `<think> ... </think>` block
+  hidden, everything up to a close marker left without its open marker hidden (generation started
+  inside the block), and everything from an open marker that is never closed hidden."""
+  length = tokens.shape[1]
+  positions = jnp.arange(length, dtype=jnp.int32)
+  opens = _pattern_starts(tokens, mask, open_ids) if open_ids else jnp.zeros(tokens.shape, bool)
+  if close_ids:  # mark where each close marker ends
+    starts = _pattern_starts(tokens, mask, close_ids)
+    closes = jnp.pad(starts, ((0, 0), (len(close_ids) - 1, 0)))[:, :length]
   else:
-    last_end = jnp.full((tokens.shape[0], 1), -1, jnp.int32)
-  if open_ids:
-    starts = _pattern_starts(tokens, mask, open_ids) & (positions > last_end)
-    first_open = jnp.min(jnp.where(starts, positions, tokens.shape[1]), axis=1, keepdims=True)
-    visible &= positions < first_open
+    closes = jnp.zeros(tokens.shape, bool)
+
+  def scan(in_block, step):  # left to right, as the regex matches: one block at a time
+    is_open, is_close = step
+    inside = in_block | is_open  # an open marker inside a block changes nothing
+    stray_close = ~inside & is_close
+    return inside & ~is_close, (inside, stray_close)
+
+  _, (hidden, stray) = jax.lax.scan(scan, jnp.zeros(tokens.shape[0], bool), (opens.T, closes.T))
+  hidden, stray = hidden.T, stray.T
+  last_stray = jnp.max(jnp.where(stray, positions[None, :], -1), axis=1, keepdims=True)
+  visible = mask.astype(bool) & ~hidden & (positions[None, :] > last_stray)
   return visible.astype(mask.dtype)

@@ -111,9 +111,10 @@ _THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
 _THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
 
 
-def strip_reasoning(text: str) -> str:
-  """The output a user sees: `<think>...</think>` blocks removed; an unclosed block hides the rest."""
-  text = _THINK_BLOCK.sub(" ", text)
+def strip_reasoning(text: str, joiner: str = " ") -> str:
+  """The output a user sees: `<think>...</think>` blocks removed (each replaced by `joiner`, so words on
+  either side stay apart); an unclosed block hides the rest."""
+  text = _THINK_BLOCK.sub(joiner, text)
   close = list(_THINK_CLOSE.finditer(text))
   if close:  # reasoning started in the prompt (generation began inside the block)
     text = text[close[-1].end():]

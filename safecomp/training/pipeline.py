@@ -23,6 +23,7 @@ from safecomp import models
 from safecomp import parallel
 from safecomp import spec as spec_lib
 from safecomp import tasks
+from safecomp.tasks import files as task_files
 from safecomp import testbed
 from safecomp import tokenizers
 from safecomp.errors import CheckpointError, ConfigError
@@ -122,8 +123,15 @@ def validate(config: ml_collections.ConfigDict):
             "rm.labeler (> 0) and/or rm.train_file")
     for key, name in _graders_in_use(config).items():
       require(name != "oracle", key, "the oracle grades testbed prompts only; use judge or http")
-    tasks.parse_sources(config.task.train_prompts, "task.train_prompts")
-    tasks.parse_sources(config.task.eval_prompts, "task.eval_prompts")
+    for key in ("task.train_prompts", "task.eval_prompts"):
+      for item in tasks.parse_sources(config.task[key.split(".")[1]], key):
+        require(item.startswith("public:") or pathlib.Path(item).is_file(), key, f"prompt file {item} not found")
+  for key, stage, read in (("sft.train_file", "sft", task_files.read_sft_file),
+                           ("rm.train_file", "rm", task_files.read_rm_file)):
+    path = config[stage].train_file
+    if path and stage in config.stages:
+      require(pathlib.Path(path).is_file(), key, f"{path} not found")
+      read(path)  # a malformed row fails now, naming its file and line, not when the stage starts
   for key, name in _graders_in_use(config).items():
     if name == "judge":
       require(bool(config.judge.checkpoint), "judge.checkpoint",

@@ -1,0 +1,30 @@
+"""What the configs for pretrained checkpoints share: the prompts task over public sets, a judge.
+
+The policy trains on real prompts with intent labels (`task.train_prompts`) and is evaluated on others
+(`task.eval_prompts`): training prompts that repeat an eval prompt are dropped. SFT data comes from
+`python -m safecomp.datagen` (a teacher model sees the spec; a judge filters); the reward model learns
+from the judge's grades of the SFT policy's own samples; PPO optimises the reward model's r = h x s
+inside the compiled rollout; the judge grades the eval stage and PPO's gold monitoring.
+"""
+import ml_collections
+
+# Public sets by intent: train on CoCoNot (malicious and benign requests, and benign requests that look
+# risky) and CyberSecEval's false-refusal set (dual-use); evaluate on XSTest (benign / malicious),
+# JailbreakBench (dual-use twins / malicious) and SimpleSafetyTests (malicious).
+TRAIN_PROMPTS = "public:coconot,public:coconot_contrast,public:cyberseceval_frr"
+EVAL_PROMPTS = "public:xstest,public:jailbreakbench,public:simplesafetytests"
+
+
+def use_prompts_task(c: ml_collections.ConfigDict, *, judge_checkpoint: str, judge_family: str) -> None:
+  """Switches a demo-derived config `c` to real prompts graded by the judge at `judge_checkpoint`."""
+  c.task.kind = "prompts"
+  c.task.train_prompts = TRAIN_PROMPTS
+  c.task.eval_prompts = EVAL_PROMPTS
+  c.sft.train_file = "data/sft_rows.jsonl"  # `python -m safecomp.datagen ... --out data/sft_rows.jsonl`
+  c.rm.labeler = "judge"
+  c.rm.policy_samples_per_prompt = 2
+  c.reward.grader = "rm"  # "judge" scores every PPO sample with the judge instead (slower, no proxy gap)
+  c.eval.grader = "judge"
+  c.judge.checkpoint = judge_checkpoint
+  c.judge.family = judge_family
+  c.judge.dtype = "bfloat16"
