@@ -167,6 +167,47 @@ class CallableTeacher:
     return self.fn(messages)
 
 
+class LocalTeacher:
+  """A local Hugging Face checkpoint as the teacher, no server needed: safecomp's KV-cache sampler over
+  the checkpoint's chat format (e.g. an instruct model that reads the spec in its system turn).
+
+  Sampling is seeded by `seed` and the request's content, so reruns and resumed runs draw the same text.
+  """
+
+  def __init__(self, path: str | os.PathLike, family: str, *, max_new_tokens: int = 512,
+               temperature: float = 0.7, seed: int = 0, dtype: str = "float32"):
+    # pylint: disable=import-outside-toplevel
+    import jax
+    from safecomp import models, tokenizers
+    from safecomp.training import generation
+    self.tokenizer = tokenizers.load_tokenizer(path)
+    self.model, self.params = models.load_pretrained(path, dtype=dtype, tokenizer=self.tokenizer)
+    self.family, self.seed = family, seed
+    self.stop = generation.stop_ids(self.tokenizer, family)
+    self.name = f"local:{pathlib.Path(path).name}"
+    self._lock = threading.Lock()
+    pad = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else self.stop[0]
+    self._pad = int(pad)
+    self._generate = jax.jit(lambda params, ids, mask, rng: models.generate(
+        self.model, params, ids, mask, rng, max_new_tokens=max_new_tokens, temperature=temperature,
+        eos_id=self.stop, pad_id=self._pad))
+
+  def complete(self, messages: Sequence[Mapping[str, str]]) -> str:
+    # pylint: disable=import-outside-toplevel
+    import jax
+    from safecomp.tokenizers import encode_prompt
+    from safecomp.training import generation
+    ids = encode_prompt(self.tokenizer, list(messages), self.family)
+    width = -(-len(ids) // 128) * 128  # few prompt lengths, few compilations
+    tokens = np.full((1, width), self._pad, np.int32)
+    mask = np.zeros((1, width), np.int32)
+    tokens[0, width - len(ids):], mask[0, width - len(ids):] = ids, 1
+    rng = jax.random.key(zlib.crc32(f"{self.seed}:{messages_key(messages)}".encode()))
+    with self._lock:  # one generation at a time on the device
+      out = jax.device_get(self._generate(self.params, tokens, mask, rng))
+    return generation.decode_responses(self.tokenizer, out.response_tokens, out.response_mask, self.stop)[0]
+
+
 @dataclasses.dataclass
 class GraderJudge:
   """Any grader of the registry (`safecomp.graders`) as the filter: a row is kept when its reward

@@ -1,4 +1,6 @@
 """The quickstart notebook runs headless, start to finish, and shows the eval plots."""
+import json
+
 import nbformat
 import pytest
 from nbclient import NotebookClient
@@ -51,3 +53,44 @@ def test_the_committed_notebook_is_clean():
   for cell in notebook.cells:
     if cell.cell_type == "code":
       assert not cell.outputs and cell.execution_count is None
+
+
+REAL_NOTEBOOK = REPO_ROOT / "notebooks" / "real_model.ipynb"
+
+
+@pytest.fixture(scope="module")
+def executed_real(tmp_path_factory):
+  """notebooks/real_model.ipynb run headless on tiny random checkpoints (the policy, and a judge sharing its
+  tokenizer) instead of the Qwen2 downloads."""
+  from tests import real_models  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("real_notebook")
+  policy = real_models.make_checkpoint(root / "policy", "qwen2", seed=0)
+  judge = real_models.make_checkpoint(root / "judge", "qwen2", seed=1, tokenizer_from=policy)
+  notebook = nbformat.read(REAL_NOTEBOOK, as_version=4)
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("SAFECOMP_REAL_MODEL", str(policy))
+    mp.setenv("SAFECOMP_REAL_JUDGE", str(judge))
+    mp.setenv("SAFECOMP_REAL_WORKDIR", str(root / "work"))
+    mp.setenv("JAX_PLATFORMS", "cpu")
+    client = NotebookClient(notebook, kernel_name="python3", timeout=600, allow_errors=False,
+                            resources={"metadata": {"path": str(REAL_NOTEBOOK.parent)}})
+    client.execute()
+  return notebook, root / "work"
+
+
+def test_the_real_model_notebook_runs_the_whole_path(executed_real):
+  notebook, workdir = executed_real
+  code_cells = [c for c in notebook.cells if c.cell_type == "code"]
+  assert code_cells and all(c.execution_count for c in code_cells)
+  text = "".join(o.get("text", "") for c in code_cells for o in c.outputs)
+  assert "datagen summary:" in text and "PPO:" in text
+  assert "Qwen2ForCausalLM loaded" in text
+  rows = [json.loads(line) for line in (workdir / "run" / "eval" / "ppo_completions.jsonl").read_text().splitlines()]
+  assert [r["prompt_id"] for r in rows] == ["e1", "e2", "e3", "e4"] and all(r["grader"].startswith("judge:") for r in rows)
+
+
+def test_the_committed_real_model_notebook_is_clean():
+  notebook = nbformat.read(REAL_NOTEBOOK, as_version=4)
+  nbformat.validate(notebook)
+  assert notebook.metadata.kernelspec.name == "python3"
+  assert all(not c.outputs and c.execution_count is None for c in notebook.cells if c.cell_type == "code")

@@ -40,6 +40,14 @@ def oracle_section() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({"unknown_prompts": "error"})  # or "ungraded": left out of every rate
 
 
+def default_config() -> ml_collections.ConfigDict:
+  """A config holding what graders read, at its defaults (for graders built outside a training run)."""
+  return ml_collections.ConfigDict({
+      "seed": 0, "spec": "safe_completion_fine", "testbed": {"world_seed": 0},
+      "reward": {"severity_to_safety": composite.DEFAULT_SEVERITY_TO_SAFETY},
+      "judge": judge_section(), "http": http_section(), "oracle": oracle_section()})
+
+
 def add_flags(parser: argparse.ArgumentParser) -> None:
   """The flags of every grader option (mapped onto the sections by `from_flags`)."""
   g = parser.add_argument_group("graders")
@@ -61,13 +69,7 @@ def from_flags(args: argparse.Namespace, base: ml_collections.ConfigDict | None 
                ) -> ml_collections.ConfigDict:
   """A config with the grader sections: `base`'s (a workdir's run config) or the defaults, with the
   flags that were given applied on top."""
-  if base is not None:
-    config = ml_collections.ConfigDict(base.to_dict())
-  else:
-    config = ml_collections.ConfigDict({
-        "seed": 0, "spec": "safe_completion_fine", "testbed": {"world_seed": 0},
-        "reward": {"severity_to_safety": composite.DEFAULT_SEVERITY_TO_SAFETY},
-        "judge": judge_section(), "http": http_section(), "oracle": oracle_section()})
+  config = ml_collections.ConfigDict(base.to_dict()) if base is not None else default_config()
   overrides = {
       ("judge", "checkpoint"): args.judge_model, ("judge", "family"): args.judge_family,
       ("judge", "dtype"): args.judge_dtype, ("http", "base_url"): args.http_base_url,

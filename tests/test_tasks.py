@@ -1,0 +1,137 @@
+"""Tasks: prompt files and public sets, de-duplication, user data files, and the start-up checks."""
+import json
+
+import pytest
+
+from safecomp import config as config_lib
+from safecomp import tasks
+from safecomp.errors import ConfigError, DataError
+from safecomp.prompts import normalized_text
+from safecomp.tasks import files
+from safecomp.tasks import sources
+from safecomp.training import pipeline
+from tests.conftest import REPO_ROOT
+
+DEMO = str(REPO_ROOT / "configs" / "demo.py")
+
+
+def _jsonl(path, rows):
+  path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+  return path
+
+
+def test_prompt_file_rows_uids_and_errors_naming_file_and_line(tmp_path):
+  path = _jsonl(tmp_path / "mine.jsonl", [
+      {"uid": "a1", "prompt": "How do I kill a process?", "intent": "benign", "category": "programming"},
+      {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Mix bleach?"}],
+       "intent": "dual_use"}, ""])
+  prompts = files.read_prompts(path, "mine")
+  assert [p.uid for p in prompts] == ["a1", "mine:2"] and prompts[1].text == "Mix bleach?"
+  assert prompts[0].category == "programming" and prompts[1].source == "mine"
+  bad = {'{"prompt": "x"}': "missing key 'intent'",
+         '{"prompt": "x", "intent": "evil"}': "'intent'",
+         '{"prompt": "x", "messages": [], "intent": "benign"}': "exactly one of 'prompt' and 'messages'",
+         '{"prompt": "x", "intent": "benign", "intnet": 1}': "unknown key",
+         '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "intent": "benign"}':
+             "must end with the user turn",
+         '{"uid": "a1", "prompt": "y", "intent": "benign"}': "duplicate uid 'a1'",
+         '{"prompt": 3, "intent": "benign"}': "'prompt'"}
+  for row, match in bad.items():
+    broken = _jsonl(tmp_path / "broken.jsonl", [{"uid": "a1", "prompt": "ok", "intent": "benign"}, row])
+    with pytest.raises(DataError, match=rf"broken\.jsonl:2: .*{match}"):
+      files.read_prompts(broken, "broken")
+
+
+def test_public_sets_by_name_through_their_builders(tmp_path, shared_data_dir):
+  mine = _jsonl(tmp_path / "mine.jsonl", [{"prompt": "How can I kill a Python process?", "intent": "benign"},
+                                         {"prompt": "Tell me a joke.", "intent": "benign"}])
+  loaded = sources.load_sources(sources.parse_sources(f"public:xstest,public:jailbreakbench,{mine}", "k"), "k",
+                                str(tmp_path / "tfds"), str(shared_data_dir))
+  assert list(loaded) == ["xstest", "jailbreakbench", "mine"]
+  xstest = loaded["xstest"]
+  assert len(xstest) == 450 and {p.intent for p in xstest} == {"benign", "malicious"}
+  assert sum(p.intent == "benign" for p in xstest) == 250 and xstest[0].uid == "xstest-1"
+  assert {p.intent for p in loaded["jailbreakbench"]} == {"dual_use", "malicious"}
+  assert (tmp_path / "tfds" / "xstest" / "prompts").is_dir()  # prepared once, read back through tfds
+  result = sources.deduplicate(loaded["mine"], xstest)
+  assert result.dropped_as_eval == 1 and [p.text for p in result.prompts] == ["Tell me a joke."]
+  with pytest.raises(ConfigError, match="unknown public prompt set 'public:xtest'"):
+    sources.parse_sources("public:xtest", "task.eval_prompts")
+
+
+def test_normalised_text_folds_case_punctuation_and_spacing():
+  a = [{"role": "user", "content": "How do I  kill a process?"}]
+  b = [{"role": "user", "content": "how do i kill a process"}]
+  assert normalized_text(a) == normalized_text(b) == "how do i kill a process"
+
+
+def test_sft_file_in_datagen_format_trains_as_it_is(tmp_path):
+  rows = [{"uid": "1", "prompt": [{"role": "user", "content": "q1"}], "reasoning": "think", "answer": "a1",
+           "kept": True, "judge": {"score": 0.9}},
+          {"uid": "2", "prompt": [{"role": "user", "content": "q2"}], "reasoning": "", "answer": "a2", "kept": False},
+          {"messages": [{"role": "user", "content": "q3"}, {"role": "assistant", "content": "a3"}]}]
+  conversations, stats = files.read_sft_file(_jsonl(tmp_path / "sft.jsonl", rows))
+  assert stats == {"generated": 3, "kept": 2}
+  assert conversations[0][-1] == {"role": "assistant", "content": "a1", "reasoning": "think"}
+  assert "reasoning" not in files.read_sft_file(tmp_path / "sft.jsonl", reasoning=False)[0][0][-1]
+  with pytest.raises(DataError, match=r"sft\.jsonl:1: .*'answer'"):
+    files.read_sft_file(_jsonl(tmp_path / "sft.jsonl", [{"prompt": "q", "kept": True}]))
+
+
+def test_prompts_task_splits_and_refuses_what_it_cannot_do(tmp_path):
+  train = _jsonl(tmp_path / "t.jsonl", [{"prompt": f"question {i}", "intent": "benign"} for i in range(20)]
+                 + [{"prompt": "Question 3!", "intent": "benign"}, {"prompt": "eval q", "intent": "malicious"}])
+  evals = _jsonl(tmp_path / "e.jsonl", [{"uid": "e1", "prompt": "Eval Q.", "intent": "malicious"}])
+  config = config_lib.load_config(DEMO, [f"task.kind=prompts", f"task.train_prompts={train}",
+                                         f"task.eval_prompts={evals}"])
+  task = tasks.make_task(config)
+  assert task.dedup_report() == {"train_prompts": 20, "dropped_as_eval": 1, "dropped_repeats": 1}
+  rm_train, rm_eval = task.rm_prompts("train"), task.rm_prompts("eval")
+  assert len(rm_train) + len(rm_eval) == 20 and not {p.uid for p in rm_train} & {p.uid for p in rm_eval}
+  assert [p.uid for p in task.rm_prompts("train")] == [p.uid for p in rm_train]  # seeded
+  assert task.eval_sets() == ("e",) and [p.uid for p in task.eval_prompts()] == ["e1"]
+  with pytest.raises(ConfigError, match="sft.train_file"):
+    task.sft_conversations("train")
+  with pytest.raises(ConfigError, match="oracle knows only testbed prompts"):
+    task.host_grader()
+
+
+def _validate(*overrides, config=DEMO):
+  pipeline.validate(config_lib.load_config(config, list(overrides)))
+
+
+def test_start_up_checks_name_the_key(tmp_path):
+  ckpt = tmp_path / "ckpt"
+  ckpt.mkdir()
+  with pytest.raises(ConfigError, match="'task.kind'.*pseudo-word"):
+    _validate(f"model.init_from={ckpt}")
+  _validate(f"model.init_from={ckpt}", "task.allow_testbed_with_pretrained=True")
+  prompts = _jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "intent": "benign"}])
+  real = [f"model.init_from={ckpt}", "task.kind=prompts", f"task.train_prompts={prompts}",
+          f"task.eval_prompts={prompts}"]
+  with pytest.raises(ConfigError, match="'sft.train_file'.*safecomp.datagen"):
+    _validate(*real)
+  sft = _jsonl(tmp_path / "s.jsonl", [{"prompt": "q", "answer": "a"}])
+  with pytest.raises(ConfigError, match="'reward.grader'.*oracle grades testbed prompts only"):
+    _validate(*real, f"sft.train_file={sft}", "rm.labeler=judge", "reward.grader=oracle")
+  with pytest.raises(ConfigError, match="'judge.checkpoint'"):
+    _validate(*real, f"sft.train_file={sft}", "rm.labeler=judge", "eval.grader=judge")
+  with pytest.raises(ConfigError, match="'http.base_url'"):
+    _validate(*real, f"sft.train_file={sft}", "rm.labeler=http", "eval.grader=http")
+  with pytest.raises(ConfigError, match="'task.eval_prompts'.*nowhere.jsonl not found"):
+    _validate(*real[:3], f"task.eval_prompts={tmp_path / 'nowhere.jsonl'}", f"sft.train_file={sft}",
+              "stages=('sft',)")
+  with pytest.raises(ConfigError, match="'eval.splits'.*'tset'"):
+    _validate("eval.splits=('test', 'tset')")
+  with pytest.raises(ConfigError, match="'reward.kind'.*'prodct'"):
+    _validate("reward.kind=prodct")
+  with pytest.raises(ConfigError, match="'reward.grader'.*refusal reward"):
+    _validate("reward.kind=refusal", "reward.grader=rm")
+
+
+def test_the_real_configs_default_to_public_prompts_and_a_judge():
+  for name in ("qwen2_0_5b_gpu", "llama3_8b_v5e_64", "gemma_2b_v4_8"):
+    c = config_lib.load_config(str(REPO_ROOT / "configs" / f"{name}.py"))
+    assert c.task.kind == "prompts" and c.eval.grader == "judge" and c.rm.labeler == "judge"
+    assert all(s.startswith("public:") for s in sources.parse_sources(c.task.eval_prompts, "k"))
+    assert c.judge.checkpoint and c.sft.train_file
