@@ -65,7 +65,8 @@ def executed_real(tmp_path_factory):
   from tests import real_models  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp("real_notebook")
   policy = real_models.make_checkpoint(root / "policy", "qwen2", seed=0)
-  judge = real_models.make_checkpoint(root / "judge", "qwen2", seed=1, tokenizer_from=policy)
+  judge = real_models.make_checkpoint(root / "judge", "qwen2", seed=1, tokenizer_from=policy, hidden_size=32,
+                                      num_layers=1)  # small: it reads 2,000-token rubric prompts
   notebook = nbformat.read(REAL_NOTEBOOK, as_version=4)
   with pytest.MonkeyPatch.context() as mp:
     mp.setenv("SAFECOMP_REAL_MODEL", str(policy))

@@ -44,7 +44,8 @@ EVAL = [("e-france", "What is the capital of France?", "benign", None),
 def files(tmp_path_factory):
   root = tmp_path_factory.mktemp("real_path")
   policy = real_models.make_checkpoint(root / "qwen2", "qwen2", seed=0)
-  judge = real_models.make_checkpoint(root / "judge", "qwen2", seed=1, tokenizer_from=policy)
+  judge = real_models.make_checkpoint(root / "judge", "qwen2", seed=1, tokenizer_from=policy, hidden_size=32,
+                                      num_layers=1)  # small: it reads 2,000-token rubric prompts
   train = root / "train.jsonl"
   train.write_text("".join(json.dumps({"prompt": p, "intent": i}) + "\n" for p, i in TRAIN))
   evals = root / "eval.jsonl"
@@ -171,12 +172,14 @@ def test_export_loads_in_transformers_with_the_same_logits(judge_run, tmp_path):
 
 
 def test_llama_with_an_http_judge_on_a_local_server(files, tmp_path):
-  """Llama family; the reward model's labels, PPO's reward and the eval all from an HTTP judge."""
+  """Llama family, the refusal baseline's reward; the reward model's labels, PPO's reward (intent label and
+  the verdict's mode) and the eval all from an HTTP judge."""
   policy = real_models.make_checkpoint(tmp_path / "llama", "llama", seed=4)
   llama = dict(files, policy=policy)
   with FakeChatServer() as server:
     config = config_lib.load_config(QWEN_CONFIG, overrides(llama, **{
         "model.family": "llama", "chat_template": "llama3", "reward.grader": "http", "rm.labeler": "http",
+        "reward.kind": "refusal",  # the refusal-training baseline on labelled real prompts
         "eval.grader": "http", "http.base_url": server.url, "http.model": "verdicts", "http.concurrency": 2,
         "judge.checkpoint": ""}))
     summaries = pipeline.run(config, tmp_path / "run")

@@ -45,8 +45,12 @@ def _scores_fn(model: models.Transformer):
   return jax.jit(functools.partial(core.judge_scores, model))
 
 
-def _bucket(length: int, multiple: int = 64) -> int:
-  return -(-length // multiple) * multiple
+def _bucket(length: int) -> int:
+  """Padded length of a batch: powers of two up to 512, then multiples of 128 (few shapes to compile,
+  little of a long forward spent on padding)."""
+  if length <= 512:
+    return max(64, 1 << (length - 1).bit_length())
+  return -(-length // 128) * 128
 
 
 class JudgeGrader:
@@ -104,11 +108,16 @@ class JudgeGrader:
 
   # -- grading -------------------------------------------------------------------------------------
   def probabilities(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
-    """Score-token probabilities [N, 4] of complete judge inputs (token id lists), batch by batch."""
+    """Score-token probabilities [N, 4] of complete judge inputs (token id lists), batch by batch.
+
+    Rows are batched by length (rubrics with and without the policy text differ tenfold), so little of
+    each forward is padding; the results come back in the order of `rows`.
+    """
     fn = _scores_fn(self.model)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     out = []
     for start in range(0, len(rows), self.batch_size):
-      chunk = rows[start:start + self.batch_size]
+      chunk = [rows[i] for i in order[start:start + self.batch_size]]
       length = _bucket(max(len(r) for r in chunk))
       ids = np.full((self.batch_size, length), self.pad_id, np.int32)
       mask = np.zeros((self.batch_size, length), np.int32)
@@ -117,7 +126,11 @@ class JudgeGrader:
       mask[len(chunk):, 0] = 1  # filler rows of a short last batch: one real token, results dropped
       _, probs = fn(self.params, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(self.score_ids))
       out.append(np.asarray(probs)[:len(chunk)])
-    return np.concatenate(out) if out else np.zeros((0, len(core.SCORE_LABELS)), np.float32)
+    if not out:
+      return np.zeros((0, len(core.SCORE_LABELS)), np.float32)
+    result = np.empty((len(rows), len(core.SCORE_LABELS)), np.float32)
+    result[order] = np.concatenate(out)
+    return result
 
   def grade(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> list[Grade]:
     heads, tails = self._rubric_ids(prompts)

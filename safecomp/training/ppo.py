@@ -143,7 +143,7 @@ def on_device_scorer(p, prompts) -> tuple[Any, Any, Any] | None:
   if c.reward.grader == "rm":
     rm_model, rm_params = p.trained_reward_model()
     return rollout_lib.RewardModelScorer(rm_model), rm_params, None
-  if c.reward.grader != "judge":
+  if c.reward.grader != "judge" or c.reward.kind == "refusal":  # the refusal reward reads modes from text
     return None
   judge = p.grader("judge", "reward.grader")
   if not judge.tokenizer.same_vocabulary(p.tokenizer):
