@@ -82,7 +82,7 @@ def test_prompts_task_splits_and_refuses_what_it_cannot_do(tmp_path):
   train = _jsonl(tmp_path / "t.jsonl", [{"prompt": f"question {i}", "intent": "benign"} for i in range(20)]
                  + [{"prompt": "Question 3!", "intent": "benign"}, {"prompt": "eval q", "intent": "malicious"}])
   evals = _jsonl(tmp_path / "e.jsonl", [{"uid": "e1", "prompt": "Eval Q.", "intent": "malicious"}])
-  config = config_lib.load_config(DEMO, [f"task.kind=prompts", f"task.train_prompts={train}",
+  config = config_lib.load_config(DEMO, ["task.kind=prompts", f"task.train_prompts={train}",
                                          f"task.eval_prompts={evals}"])
   task = tasks.make_task(config)
   assert task.dedup_report() == {"train_prompts": 20, "dropped_as_eval": 1, "dropped_repeats": 1}
@@ -135,3 +135,13 @@ def test_the_real_configs_default_to_public_prompts_and_a_judge():
     assert c.task.kind == "prompts" and c.eval.grader == "judge" and c.rm.labeler == "judge"
     assert all(s.startswith("public:") for s in sources.parse_sources(c.task.eval_prompts, "k"))
     assert c.judge.checkpoint and c.sft.train_file
+
+
+def test_testbed_tasks_and_host_graders_import_without_jax():
+  """The testbed, the tasks and the grader registry are host code: importing them pulls in no JAX."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  code = ("import sys; import safecomp.testbed, safecomp.tasks, safecomp.graders, safecomp.rewards.composite; "
+          "print(sorted(m for m in ('jax', 'flax', 'tensorflow_datasets') if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]", out.stdout
