@@ -14,6 +14,9 @@
 | `keyword` | refused           | the refusal-prefix matcher                                               |
 
 (* mode from the response-mode classifier.) See `safecomp.graders.base` for the interface.
+
+Each factory imports its grader's module when it is built, so that importing the registry pulls in no
+JAX and no model code (the grade CLI's `mode` grader, datagen's HTTP judge and the testbed stay light).
 """
 from __future__ import annotations
 

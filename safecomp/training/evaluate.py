@@ -18,6 +18,7 @@ from safecomp.eval import plots
 from safecomp.eval import report as report_lib
 from safecomp.eval import stats
 from safecomp.training import generation
+from safecomp.training import ppo as ppo_stage
 from safecomp.training import rollout as rollout_lib
 from safecomp.training.metrics import read_metrics
 
@@ -84,7 +85,6 @@ def _plot_ppo_curves(workdir, out_dir):
 
 def policy_params(p, stage: str):
   """The language-model parameters of a completed SFT or PPO stage."""
-  from safecomp.training import ppo as ppo_stage  # pylint: disable=import-outside-toplevel
   if stage == "sft":
     return p.sft_policy()[1]
   return ppo_stage.final_policy_params(p)

@@ -29,6 +29,7 @@ from safecomp import tokenizers
 from safecomp.errors import CheckpointError, ConfigError
 from safecomp.rewards import composite
 from safecomp.training import evaluate as eval_stage
+from safecomp.training import generation
 from safecomp.training import loop as loop_lib
 from safecomp.training import ppo as ppo_stage
 from safecomp.training import rm as rm_stage
@@ -175,8 +176,7 @@ class Pipeline:
   @functools.cached_property
   def stop_ids(self) -> tuple[int, ...]:
     """The ids that end a response (EOS and the chat format's end-of-turn token)."""
-    from safecomp.training.generation import stop_ids  # pylint: disable=import-outside-toplevel
-    return stop_ids(self.tokenizer, self.config.chat_template)
+    return generation.stop_ids(self.tokenizer, self.config.chat_template)
 
   def model_config(self, heads: tuple[str, ...]) -> models.ModelConfig:
     m = self.config.model
