@@ -127,7 +127,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ppo.num_minibatches = 2
   c.ppo.clip_eps = 0.2
   c.ppo.vf_coef = 0.5
-  c.ppo.vf_clip = 0.2
+  c.ppo.vf_clip = ml_collections.FieldReference(0.2, field_type=object)  # None: an unclipped value loss
   c.ppo.ent_coef = 0.0
   c.ppo.gamma = 1.0
   c.ppo.lam = 0.95

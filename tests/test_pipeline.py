@@ -212,3 +212,34 @@ def test_nonfinite_ppo_style_update_is_dropped():
   assert not bool(nonfinite) and np.array_equal(state.params["w"], good.params["w"])
   _, nonfinite = loop_lib.keep_if_finite(old, good, jnp.float32(jnp.inf))
   assert bool(nonfinite)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("reward.kind=prodct", "reward.kind"), ("ppo.algorithm=dpo", "ppo.algorithm"),
+    ("ppo.kl_estimator=k9", "ppo.kl_estimator"), ("rm.helpfulness_loss=mse", "rm.helpfulness_loss"),
+    ("eval.splits=('tset',)", "eval.splits"), ("spec=safe_completion_finer", "spec"),
+    ("chat_template=llama9", "chat_template"), ("ppo.vf_clip='big'", "ppo.vf_clip")])
+def test_enumerated_keys_fail_at_start_up_naming_the_key(override, key, tmp_path):
+  config = config_lib.load_config(f"{DEMO}:size=tiny", [override])
+  with pytest.raises(ConfigError, match=f"config key '{key}'"):
+    pipeline.run(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()  # before any stage, before the workdir
+
+
+def test_unclipped_value_loss_is_settable():
+  config = config_lib.load_config(f"{DEMO}:size=tiny", ["ppo.vf_clip=None"])
+  pipeline.validate(config)
+  from safecomp.training import ppo as ppo_stage
+  assert ppo_stage.ppo_config(config, eos_id=2).vf_clip is None
+
+
+def test_batches_that_the_mesh_does_not_divide_fail_at_start_up():
+  from safecomp import parallel
+  mesh = parallel.abstract_mesh({"data": 4, "fsdp": 1, "tensor": 1}, 4)
+  pipeline.check_batches(tiny_config(), mesh)  # 8-row batches split 4 ways
+  with pytest.raises(ConfigError, match="'sft.batch_size': 6 is not a multiple of 4"):
+    pipeline.check_batches(tiny_config(**{"sft.batch_size": 6}), mesh)
+  with pytest.raises(ConfigError, match="'rm.microbatches': 4 is not a multiple of 4|'rm.microbatches'"):
+    pipeline.check_batches(tiny_config(**{"rm.microbatches": 4}), mesh)
+  with pytest.raises(ConfigError, match="'ppo.prompts_per_iteration'"):
+    pipeline.check_batches(tiny_config(**{"ppo.prompts_per_iteration": 10, "ppo.group_size": 1}), mesh)

@@ -32,6 +32,7 @@ from safecomp.training import evaluate as eval_stage
 from safecomp.training import generation
 from safecomp.training import loop as loop_lib
 from safecomp.training import ppo as ppo_stage
+from safecomp.rewards import reward_model as rm_lib
 from safecomp.training import rm as rm_stage
 from safecomp.training import sft as sft_stage
 from safecomp.training.checkpoints import StageCheckpointer, first_difference
@@ -84,6 +85,23 @@ def validate(config: ml_collections.ConfigDict):
   require(config.reward.kind in composite.REWARD_KINDS, "reward.kind",
           f"unknown reward kind {config.reward.kind!r}; expected one of {composite.REWARD_KINDS}")
   require(config.rm.policy_samples_per_prompt >= 0, "rm.policy_samples_per_prompt", "must be >= 0")
+  require(config.rm.helpfulness_loss in rm_lib.HELPFULNESS_LOSSES, "rm.helpfulness_loss",
+          f"unknown loss {config.rm.helpfulness_loss!r}; expected one of {rm_lib.HELPFULNESS_LOSSES}")
+  vf_clip = config.ppo.vf_clip
+  require(vf_clip is None or (isinstance(vf_clip, (int, float)) and not isinstance(vf_clip, bool) and vf_clip > 0),
+          "ppo.vf_clip", f"must be a number > 0, or None for an unclipped value loss; got {vf_clip!r}")
+  try:  # every PPO hyper-parameter, checked where the update defines it
+    ppo_stage.ppo_config(config, eos_id=0)
+  except ConfigError as e:
+    key = str(e).split("=", 1)[0].removeprefix("PPOConfig.")
+    key = {"kl_target": "adaptive_kl_target", "kl_horizon": "adaptive_kl_horizon"}.get(key, key)
+    raise ConfigError(f"config key 'ppo.{key}': {str(e).split(': ', 1)[-1]} (got {config.ppo.get(key)!r})") from None
+  require(config.chat_template in tokenizers.FAMILIES, "chat_template",
+          f"unknown chat format {config.chat_template!r}; expected one of {sorted(tokenizers.FAMILIES)}")
+  try:
+    spec_lib.load_spec(config.spec)
+  except ConfigError as e:
+    raise ConfigError(f"config key 'spec': {e}") from None
   require(config.rm.policy_prompts >= 0, "rm.policy_prompts", "must be >= 0 (0 = every training prompt)")
 
   # The task and the graders.
@@ -286,6 +304,20 @@ def open_workdir(workdir: str | pathlib.Path) -> Pipeline:
   return Pipeline(config_lib.config_from_json(path), workdir)
 
 
+def check_batches(config: ml_collections.ConfigDict, mesh) -> None:
+  """Every global batch of the stages to run splits evenly over the mesh's batch axes (and micro-batches)."""
+  batches = {"sft": [("sft.batch_size", config.sft.batch_size, config.sft.microbatches)],
+             "rm": [("rm.batch_size", config.rm.batch_size, config.rm.microbatches)],
+             "ppo": [("ppo.prompts_per_iteration", config.ppo.prompts_per_iteration, 1)]}
+  for stage in config.stages:
+    for key, rows, microbatches in batches.get(stage, ()):
+      parallel.check_batch_size(rows, mesh, key)
+      config_lib.require(rows % microbatches == 0, key.replace("batch_size", "microbatches"),
+                         f"must divide {key} ({rows})")
+      if microbatches > 1:
+        parallel.check_batch_size(rows // microbatches, mesh, key.replace("batch_size", "microbatches"))
+
+
 STAGE_FNS: dict[str, Callable[[Pipeline], dict]] = {
     "sft": sft_stage.run_sft, "rm": rm_stage.run_rm, "ppo": ppo_stage.run_ppo, "eval": eval_stage.run_eval,
 }
@@ -314,6 +346,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
   validate(config)
   parallel.maybe_initialize_distributed(config)  # before any other JAX call touches devices
   p = Pipeline(config, workdir)
+  check_batches(config, p.mesh)
   _check_workdir_config(p)  # before config.json is overwritten: it is the workdir's record
   text = config_lib.to_json(config)
   print(f"safecomp config (saved to {p.workdir / 'config.json'}):\n{config}", flush=True)
