@@ -121,6 +121,9 @@ def test_start_up_checks_name_the_key(tmp_path):
   with pytest.raises(ConfigError, match="'task.eval_prompts'.*nowhere.jsonl not found"):
     _validate(*real[:3], f"task.eval_prompts={tmp_path / 'nowhere.jsonl'}", f"sft.train_file={sft}",
               "stages=('sft',)")
+  bad_row = _jsonl(tmp_path / "bad.jsonl", [{"prompt": "q", "intent": "benign"}, {"prompt": "q2"}])
+  with pytest.raises(DataError, match=r"bad\.jsonl:2: missing key 'intent'"):
+    _validate(*real[:3], f"task.eval_prompts={bad_row}", f"sft.train_file={sft}", "stages=('sft',)")
   with pytest.raises(ConfigError, match="'eval.splits'.*'tset'"):
     _validate("eval.splits=('test', 'tset')")
   with pytest.raises(ConfigError, match="'reward.kind'.*'prodct'"):

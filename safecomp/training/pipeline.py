@@ -144,7 +144,9 @@ def validate(config: ml_collections.ConfigDict):
       require(name != "oracle", key, "the oracle grades testbed prompts only; use judge or http")
     for key in ("task.train_prompts", "task.eval_prompts"):
       for item in tasks.parse_sources(config.task[key.split(".")[1]], key):
-        require(item.startswith("public:") or pathlib.Path(item).is_file(), key, f"prompt file {item} not found")
+        if not item.startswith("public:"):  # a malformed row fails now, naming its file and line
+          require(pathlib.Path(item).is_file(), key, f"prompt file {item} not found")
+          task_files.read_prompts(item, tasks.source_name(item))
   for key, stage, read in (("sft.train_file", "sft", task_files.read_sft_file),
                            ("rm.train_file", "rm", task_files.read_rm_file)):
     path = config[stage].train_file
