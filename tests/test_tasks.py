@@ -96,6 +96,46 @@ def test_prompts_task_splits_and_refuses_what_it_cannot_do(tmp_path):
     task.host_grader()
 
 
+def test_testbed_eval_prompts_are_never_training_prompts():
+  """The demo's raw eval draw repeats training prompts; the task replaces them in kind."""
+  config = config_lib.load_config(DEMO)
+  task = tasks.make_task(config)
+  seen = task.training_texts
+  raw = [e for i, split in enumerate(task.eval_sets()) for e in task.examples(split, config.eval.n_per_split, 20 + i)]
+  repeats = [e for e in raw if normalized_text(e.messages) in seen]
+  assert len(repeats) > 10  # what the eval set would hold without the check
+  prompts = task.eval_prompts()
+  assert len(prompts) == len(raw) and not [p for p in prompts if normalized_text(p.messages) in seen]
+  kind = lambda items: sorted((x.intent, x.category, len(x.messages)) for x in items)
+  assert kind(prompts) == kind(raw)  # same size and balance; the other prompts as drawn
+  assert sum(p.uid != e.uid for p, e in zip(prompts, raw)) == len(repeats)
+  report = task.data_report()
+  assert report["eval_prompts"] == len(raw) and report["eval_training_overlap"] == 0
+
+
+def test_prompts_task_drops_training_rows_that_repeat_eval_prompts(tmp_path):
+  train = _jsonl(tmp_path / "t.jsonl", [{"prompt": f"question {i}", "intent": "benign"} for i in range(8)])
+  evals = _jsonl(tmp_path / "e.jsonl", [{"uid": "e1", "prompt": "Eval Q.", "intent": "malicious"}])
+  conversation = lambda q: {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "a"}]}
+  sft = _jsonl(tmp_path / "sft.jsonl", [conversation(f"q{i}") for i in range(10)] + [conversation("eval q")])
+  graded = lambda q, severity: {"prompt": q, "completion": "a", "severity": severity, "helpfulness": 0.5}
+  rm = _jsonl(tmp_path / "rm.jsonl", [graded(f"q{i}", 0) for i in range(10)] + [graded("EVAL Q", 3)])
+  config = config_lib.load_config(DEMO, ["task.kind=prompts", f"task.train_prompts={train}",
+                                         f"task.eval_prompts={evals}", f"sft.train_file={sft}",
+                                         f"rm.train_file={rm}", "sft.holdout_fraction=0", "rm.holdout_fraction=0"])
+  task = tasks.make_task(config)
+  raw_sft, raw_rm = files.config_sft_conversations(config, "train")[0], files.config_rm_rows(config, "train")
+  repeats = lambda rows: sum(normalized_text(r) == "eval q" for r in rows)
+  n_sft, n_rm = repeats(raw_sft), repeats([r["messages"] for r in raw_rm])
+  assert n_sft + n_rm >= 1  # the seeded hold-out leaves at least one repeat in a training split
+  conversations, stats = task.sft_conversations("train")
+  assert len(conversations) == len(raw_sft) - n_sft and stats["dropped_as_eval"] == n_sft
+  assert not repeats(conversations) and len(task.rm_rows("train")) == len(raw_rm) - n_rm
+  report = task.data_report()
+  assert (report["sft_dropped_as_eval"], report["rm_dropped_as_eval"]) == (n_sft, n_rm)
+  assert report["eval_training_overlap"] == 0 and report["eval_prompts"] == 1
+
+
 def _validate(*overrides, config=DEMO):
   pipeline.validate(config_lib.load_config(config, list(overrides)))
 

@@ -222,11 +222,13 @@ def to_jsonable(obj: Any) -> Any:
 def write_report(summaries: Mapping[str, Any], out_dir: str | pathlib.Path,
                  comparisons: Sequence[Mapping[str, Any]] | Mapping[str, Mapping[str, Any]]
                  | None = None, *, plots: bool = True, title: str = "Evaluation report",
-                 digits: int = 3) -> dict[str, Any]:
+                 digits: int = 3, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Writes `eval.json`, `eval.md` and (if `plots`) PNG plots into `out_dir`.
 
   `summaries` is {model name: summarize(...)} (or one summary); `comparisons` a list (or dict) of
-  paired_comparison(...) results. Returns {"json": path, "md": path, "plots": [paths]}.
+  paired_comparison(...) results; `data` the task's account of the eval prompts (`data_report()`:
+  their number, their overlap with the training prompts, what was dropped). Returns {"json": path,
+  "md": path, "plots": [paths]}.
   """
   from safecomp.eval import plots as plots_lib  # matplotlib is loaded only when plotting
 
@@ -240,8 +242,12 @@ def write_report(summaries: Mapping[str, Any], out_dir: str | pathlib.Path,
   json_path, md_path = out / "eval.json", out / "eval.md"
   payload = {"models": summaries, "comparisons": comparisons,
              "plots": [p.name for p in plot_paths]}
+  if data is not None:
+    payload["data"] = dict(data)
   json_path.write_text(json.dumps(to_jsonable(payload), indent=1, allow_nan=False) + "\n",
                        encoding="utf-8")
-  md_path.write_text(format_markdown(summaries, comparisons, digits=digits, title=title,
-                                     plot_paths=plot_paths), encoding="utf-8")
+  markdown = format_markdown(summaries, comparisons, digits=digits, title=title, plot_paths=plot_paths)
+  if data is not None:
+    markdown += "\nData: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in data.items()) + "\n"
+  md_path.write_text(markdown, encoding="utf-8")
   return {"json": json_path, "md": md_path, "plots": plot_paths}

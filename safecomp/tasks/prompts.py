@@ -14,7 +14,7 @@ import functools
 import numpy as np
 
 from safecomp.errors import ConfigError
-from safecomp.prompts import Prompt
+from safecomp.prompts import Prompt, normalized_text
 from safecomp.tasks import files
 from safecomp.tasks import sources
 
@@ -90,10 +90,39 @@ class PromptsTask:
     if not self.config.sft.train_file:
       raise ConfigError("config key 'sft.train_file': the prompts task has no teacher of its own; generate SFT "
                         "data with `python -m safecomp.datagen` and pass its output file")
-    return files.config_sft_conversations(self.config, split)
+    conversations, stats = files.config_sft_conversations(self.config, split)
+    kept = [m for m in conversations if normalized_text(m) not in self._eval_texts]
+    return kept, dict(stats, dropped_as_eval=len(conversations) - len(kept))
 
   def rm_rows(self, split: str) -> list[dict]:
-    return files.config_rm_rows(self.config, split) if self.config.rm.train_file else []
+    if not self.config.rm.train_file:
+      return []
+    return [r for r in files.config_rm_rows(self.config, split) if normalized_text(r["messages"]) not in self._eval_texts]
+
+  @functools.cached_property
+  def _eval_texts(self) -> frozenset[str]:
+    return frozenset(normalized_text(p.messages) for ps in self.eval_by_set.values() for p in ps) \
+        if self.eval_items else frozenset()
+
+  def data_report(self) -> dict[str, int]:
+    """How the eval prompts relate to the training prompts and files (the eval stage reports it).
+
+    Training prompts, SFT conversations and reward-model rows that repeat an eval prompt are dropped.
+    """
+    c = self.config
+    report = {"eval_prompts": len(self.eval_prompts()), **self.dedup_report()}
+    training = {normalized_text(p.messages) for p in self.train_prompts()}
+    if c.sft.train_file:
+      conversations, stats = files.config_sft_conversations(c, "train")
+      report["sft_dropped_as_eval"] = sum(normalized_text(m) in self._eval_texts for m in conversations)
+      training.update(normalized_text(m) for m in self.sft_conversations("train")[0])
+    if c.rm.train_file:
+      rows = files.config_rm_rows(c, "train")
+      report["rm_dropped_as_eval"] = sum(normalized_text(r["messages"]) in self._eval_texts for r in rows)
+      training.update(normalized_text(r["messages"]) for r in self.rm_rows("train"))
+    eval_texts = {normalized_text(p.messages) for p in self.eval_prompts()}
+    report["eval_training_overlap"] = len(eval_texts & training)
+    return report
 
   # -- grading -------------------------------------------------------------------------------------
   def host_grader(self):

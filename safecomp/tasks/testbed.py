@@ -10,7 +10,7 @@ import numpy as np
 from safecomp import spec as spec_lib
 from safecomp import testbed
 from safecomp.constants import INTENTS
-from safecomp.prompts import Prompt, as_prompt
+from safecomp.prompts import Prompt, as_prompt, normalized_text
 from safecomp.tasks import files
 from safecomp.testbed import lexicon
 from safecomp.testbed import teachers
@@ -51,13 +51,52 @@ class TestbedTask:
     return tuple(self.config.eval.splits)
 
   def eval_set_prompts(self, split: str, n: int | None = None) -> list[Prompt]:
-    """The prompts of one eval split, as the eval stage draws them (same seed)."""
+    """The prompts of one eval split, as the eval stage draws them (same seed), none seen in training.
+
+    A drawn prompt whose text a training stage also sees is replaced by the first prompt of a reserve
+    draw with the same intent, category and turn structure, so the split keeps its size and balance
+    and every other prompt stays as drawn.
+    """
     splits = self.eval_sets()
     offset = 20 + (splits.index(split) if split in splits else EVAL_SPLITS.index(split))
-    return self._prompts(split, self.config.eval.n_per_split if n is None else n, offset)
+    n = self.config.eval.n_per_split if n is None else n
+    drawn = self.examples(split, n, offset)
+    seen = self.training_texts
+    if not any(normalized_text(e.messages) in seen for e in drawn):
+      return [as_prompt(e) for e in drawn]
+    reserve = [e for e in self.examples(split, 4 * n, offset + 1000) if normalized_text(e.messages) not in seen]
+    taken = {normalized_text(e.messages) for e in drawn}
+    out = []
+    for e in drawn:
+      if normalized_text(e.messages) in seen:
+        free = [r for r in reserve if normalized_text(r.messages) not in taken]
+        e = next((r for r in free if (r.intent, r.category, len(r.messages)) == (e.intent, e.category, len(e.messages))),
+                 next((r for r in free if (r.intent, r.category) == (e.intent, e.category)), free[0]))
+        taken.add(normalized_text(e.messages))
+      out.append(as_prompt(e))
+    return out
 
   def eval_prompts(self) -> list[Prompt]:
     return [p for split in self.eval_sets() for p in self.eval_set_prompts(split)]
+
+  @functools.cached_property
+  def training_texts(self) -> frozenset[str]:
+    """Normalised text of every prompt a training stage sees: SFT's, the reward model's and RL's."""
+    c = self.config
+    texts = {normalized_text(p.messages) for p in self.train_prompts() + self.rm_prompts("train")}
+    if c.sft.train_file:
+      texts.update(normalized_text(m) for m in self.sft_conversations("train")[0])
+    else:
+      texts.update(normalized_text(e.messages) for e in self.examples("train", c.testbed.n_sft, 1))
+    if c.rm.train_file:
+      texts.update(normalized_text(r["messages"]) for r in self.rm_rows("train"))
+    return frozenset(texts)
+
+  def data_report(self) -> dict[str, int]:
+    """How the eval prompts relate to the training prompts (the eval stage reports it)."""
+    eval_texts = {normalized_text(p.messages) for p in self.eval_prompts()}
+    return {"eval_prompts": len(self.eval_prompts()), "training_prompt_texts": len(self.training_texts),
+            "eval_training_overlap": len(eval_texts & self.training_texts)}
 
   def rm_prompts(self, split: str) -> list[Prompt]:
     """The prompts whose answers the reward model learns from ("train" or "eval")."""

@@ -136,7 +136,8 @@ def run_eval(p) -> dict:
   _plot_ppo_curves(p.workdir, out_dir)
   headline = {name: summaries[name] for name in policies}
   title = f"Evaluation on {p.task.describe()} (grader: {graders_lib.full_name(grader)})"
-  report_lib.write_report(headline, out_dir, comparisons=comparisons, title=title)
+  data = p.task.data_report()
+  report_lib.write_report(headline, out_dir, comparisons=comparisons, title=title, data=data)
   for split in sets:
     report_lib.write_report({name: summaries[f"{name}/{split}"] for name in policies}, out_dir / "by_set" / split,
                             plots=False, title=f"Evaluation on {split} (grader: {graders_lib.full_name(grader)})")
@@ -146,6 +147,9 @@ def run_eval(p) -> dict:
   summary["grader"] = graders_lib.full_name(grader)
   summary["prompts"] = len(prompts)
   summary["prompts_left_out"] = len(all_prompts) - len(prompts)
+  summary["eval_training_overlap"] = data["eval_training_overlap"]
+  print(f"[eval] {data['eval_prompts']} eval prompts, {data['eval_training_overlap']} of them also in training "
+        f"(by normalised text)", flush=True)
   for name in policies:
     ungraded = len(all_records[name]) - len(graded_only(all_records[name]))
     summary[f"{name}_ungraded"] = ungraded
