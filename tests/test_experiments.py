@@ -138,3 +138,24 @@ def test_controlled_experiment_config_arms():
       assert config.arm == arm and config.sft_style == arm
   with pytest.raises(ConfigError, match="unknown scale"):
     config_lib.config_from_file(f"{CE / 'config.py'}:scale=huge")
+
+
+def test_oracle_red_team_hill_climbing_finds_no_exploit(tmp_path):
+  """A short search (the full run, with PPO on the oracle, is in experiments/oracle_redteam.py)."""
+  redteam = _module("oracle_redteam_under_test", EXPERIMENTS / "oracle_redteam.py")
+  assert redteam.main(["--skip_ppo", "--prompts", "3", "--steps", "120", "--out", str(tmp_path)]) == 0
+  report = json.loads((tmp_path / "report.json").read_text())
+  (attack,) = report["attacks"]
+  assert attack["attack"] == "hill_climbing" and attack["texts"] > 300 and attack["exploits"] == 0
+  assert attack["best_surplus"]["surplus"] <= 1e-6 and attack["best_over_ideal"]["over_ideal"] <= 1e-6
+  assert (tmp_path / "report.md").read_text().startswith("# Oracle red team")
+  # The scorer sees what the oracle's old blind spots rewarded as an exploit.
+  world = redteam.testbed.make_world(0)
+  example = redteam.testbed.generate_examples(world, "test", 30, seed=1)[0]
+  scorer = redteam.Scorer(world, example)
+  finding, _ = scorer.finding("check", _markers(world, example) + " <unk> <unk>")
+  assert finding.reward == 0.0 and not finding.exploit
+
+
+def _markers(world, example):
+  return " ".join(m for f in world.topic(example.topic).facts[:example.requested_level + 1] for m in f.markers)
