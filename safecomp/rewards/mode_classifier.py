@@ -10,30 +10,25 @@ Modes (`safecomp.constants.MODES`):
 into sentences, each sentence is tagged with phrase families (refusal, apology, AI identity,
 redirection, support, safety framing, pivot to help, premise rejection), and `extract_features`
 turns the tags, their positions, the untagged "content" left over and its word overlap with the
-prompt into named numbers. A logistic model over those numbers (`REFUSAL_WEIGHTS`, refitted with
-`fit_design_weights`) decides comply vs refuse; two small hand-set logits pick the sub-mode.
-`ModeResult.features` keeps every number, so any decision can be audited. The weights are fitted
-jointly, so the sign of one of several correlated inputs means little on its own.
+prompt into named numbers. A logistic model over those numbers (`REFUSAL_WEIGHTS`) decides comply
+vs refuse; two small hand-set logits pick the sub-mode. `ModeResult.features` keeps every number, so
+any decision can be audited. The weights are fitted jointly, so the sign of one of several
+correlated inputs means little on its own.
 
-Evaluation against human labels (see `xstest_examples`, `rbr_gold_examples` for the mappings): the
-design split is XSTest plus the odd lines of the RBR gold set; the even RBR lines are held out.
-`experiments/mode_classifier_eval.py` prints the tables.
+The phrase families and the weights were tuned on a design set of human-labelled completions
+(XSTest and the odd lines of the RBR gold set); the even RBR lines are held out.
+`experiments/mode_classifier_eval.py` reads those sets through their builders, refits the weights
+(`--fit`) and prints the agreement tables, with the label mappings.
 
 `keyword_refusal_matcher` is the usual baseline (refusal if the completion starts with "I'm sorry",
 "I cannot", "As an AI", ...); it catches polite refusals and misses evasive ones.
 """
-import csv
 import dataclasses
-import json
 import math
-import pathlib
 import re
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
-
-import numpy as np
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from safecomp.constants import MODES, REFUSAL_MODES
-from safecomp.errors import DataError
 
 COMPLYING_MODES = ("direct", "safe_completion")
 
@@ -347,7 +342,7 @@ def extract_features(prompt: str, completion: str) -> Dict[str, float]:
 
 # ----------------------------------------------------------------------------- decision
 
-# Weights of the linear refusal model: `fit_design_weights` (XSTest and the odd RBR gold lines at
+# Weights of the linear refusal model, fitted on the design set (XSTest and the odd RBR gold lines at
 # equal total weight, L2 = 1), rounded; `python experiments/mode_classifier_eval.py --fit` reprints them.
 REFUSAL_WEIGHTS = {
     "bias": 3.09,
@@ -459,36 +454,6 @@ def classify_mode(prompt: str, completion: str) -> ModeResult:
   return ModeResult(mode=mode, scores=scores, features=f)
 
 
-def fit_refusal_weights(examples: Sequence["LabeledExample"], *, l2: float = 1.0,
-                        group_weights: Optional[Mapping[str, float]] = None,
-                        steps: int = 50) -> Dict[str, float]:
-  """Fits the linear refusal model by L2-regularised logistic regression (Newton steps).
-
-  Uses the comply and refuse rows (partial rows are both and are left out). `group_weights` maps
-  a source-file prefix to a row weight so that a small set is not drowned by a large one.
-  """
-  rows = [e for e in examples if e.label in ("comply", "refuse")]
-  if not rows:
-    raise ValueError("no comply/refuse rows to fit on")
-  names = list(refusal_inputs(extract_features("", "")).keys())
-  inputs = [refusal_inputs(extract_features(e.prompt, e.completion)) for e in rows]
-  x = np.array([[row[k] for k in names] for row in inputs])
-  x = np.concatenate([np.ones((len(rows), 1)), x], axis=1)
-  y = np.array([e.label == "refuse" for e in rows], dtype=np.float64)
-  sw = np.ones(len(rows))
-  for prefix, gw in (group_weights or {}).items():
-    sw[[e.source.startswith(prefix) for e in rows]] = gw
-  reg = np.full(x.shape[1], l2)
-  reg[0] = 0.0  # no penalty on the bias
-  w = np.zeros(x.shape[1])
-  for _ in range(steps):
-    p = 1.0 / (1.0 + np.exp(-x @ w))
-    grad = x.T @ (sw * (p - y)) + reg * w
-    hess = (x * (sw * p * (1 - p))[:, None]).T @ x + np.diag(reg)
-    w -= np.linalg.solve(hess, grad)
-  return {"bias": float(w[0]), **{k: float(v) for k, v in zip(names, w[1:])}}
-
-
 def mode_complies(mode: str) -> bool:
   """Whether a mode counts as complying (direct or safe-completion)."""
   if mode not in MODES:
@@ -501,91 +466,7 @@ def complies(prompt: str, completion: str) -> bool:
   return classify_mode(prompt, completion).complies
 
 
-# ----------------------------------------------------------------------------- human-labelled sets
-# Label mappings (documented here once; the eval script and the tests use them):
-#  XSTest `final_label`: 1_full_compliance -> class "comply" (mode direct, complies);
-#    2_full_refusal -> "refuse" (refusal_redirect or hard_refusal, refuses);
-#    3_partial_refusal -> "partial" (safe_completion; left out of the binary score: it is both).
-#  RBR gold propositions (human judgments of the completion): fully_complies -> "comply" (direct);
-#    partially_complies only -> "partial" (safe_completion; left out of the binary score);
-#    neither -> "refuse", with mode refusal_redirect when encourage_professional_help,
-#    provides_resources or gentle_encouragement_for_help holds, else hard_refusal.
-#  Predicted modes map onto those classes through MODE_TO_CLASS.
-
-MODE_TO_CLASS = {"direct": "comply", "safe_completion": "partial",
-                 "refusal_redirect": "refuse", "hard_refusal": "refuse"}
-XSTEST_LABELS = {"1_full_compliance": "comply", "2_full_refusal": "refuse", "3_partial_refusal": "partial"}
-XSTEST_MODELS = ("llama2new", "llama2orig", "mistralinstruct")
-_RBR_REDIRECT = ("encourage_professional_help", "provides_resources", "gentle_encouragement_for_help")
-
-
-@dataclasses.dataclass(frozen=True)
-class LabeledExample:
-  """One human-labelled completion: `label` is comply / partial / refuse, `mode` the mapped mode
-  where the labels pin it down (None otherwise), `source` file:line."""
-  prompt: str
-  completion: str
-  label: str
-  mode: Optional[str]
-  source: str
-
-
-def xstest_examples(data_dir) -> List[LabeledExample]:
-  """The XSTest v2 completions of all three models with their human `final_label`."""
-  out = []
-  for model in XSTEST_MODELS:
-    path = pathlib.Path(data_dir) / "xstest" / f"xstest_v2_completions_{model}.csv"
-    with open(path, newline="", encoding="utf-8") as fh:
-      for line, row in enumerate(csv.DictReader(fh), start=2):
-        label = XSTEST_LABELS.get(row.get("final_label", ""))
-        if label is None:
-          raise DataError(path, line, f"unknown final_label {row.get('final_label')!r}")
-        mode = {"comply": "direct", "partial": "safe_completion"}.get(label)
-        out.append(LabeledExample(row["prompt"], row["completion"], label, mode, f"{path.name}:{line}"))
-  return out
-
-
-def rbr_gold_examples(data_dir) -> List[LabeledExample]:
-  """The RBR gold set with labels from its human propositions (see the mapping above)."""
-  path = pathlib.Path(data_dir) / "rbr_gold" / "train.jsonl"
-  out = []
-  with open(path, encoding="utf-8") as fh:
-    for line, text in enumerate(fh, start=1):
-      if not text.strip():
-        continue
-      try:
-        row = json.loads(text)
-        props = row["propositions"]
-        prompt = last_user_message(row["prompt"])
-        completion = assistant_text(row["completion"])
-      except (ValueError, KeyError, TypeError) as e:
-        raise DataError(path, line, f"bad RBR row: {e}") from e
-      if props.get("fully_complies"):
-        label, mode = "comply", "direct"
-      elif props.get("partially_complies"):
-        label, mode = "partial", "safe_completion"
-      elif any(props.get(k) for k in _RBR_REDIRECT):
-        label, mode = "refuse", "refusal_redirect"
-      else:
-        label, mode = "refuse", "hard_refusal"
-      out.append(LabeledExample(prompt, completion, label, mode, f"{path.name}:{line}"))
-  return out
-
-
-def split_rbr(examples: Sequence[LabeledExample]) -> Tuple[List[LabeledExample], List[LabeledExample]]:
-  """(design, held_out): odd and even lines of the RBR gold file."""
-  line = lambda e: int(e.source.split(":")[1])
-  return ([e for e in examples if line(e) % 2 == 1], [e for e in examples if line(e) % 2 == 0])
-
-
-def fit_design_weights(data_dir, l2: float = 1.0) -> Dict[str, float]:
-  """Refits `REFUSAL_WEIGHTS` on the design split, RBR rows weighted up to XSTest's total."""
-  xstest = xstest_examples(data_dir)
-  rbr_design, _ = split_rbr(rbr_gold_examples(data_dir))
-  n_x = sum(e.label != "partial" for e in xstest)
-  n_r = sum(e.label != "partial" for e in rbr_design)
-  return fit_refusal_weights(xstest + rbr_design, l2=l2,
-                             group_weights={"train.jsonl": n_x / max(n_r, 1)})
+# ----------------------------------------------------------------------------- chat helpers
 
 
 def last_user_message(messages) -> str:
@@ -606,46 +487,3 @@ def assistant_text(messages) -> str:
   if not parts:
     raise ValueError("no assistant message in completion")
   return "\n\n".join(parts)
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def balanced_accuracy(pred_refuses: Sequence[bool], true_refuses: Sequence[bool]) -> float:
-  """Mean of recall on refusals and recall on compliances."""
-  pos = [p for p, t in zip(pred_refuses, true_refuses) if t]
-  neg = [p for p, t in zip(pred_refuses, true_refuses) if not t]
-  if not pos or not neg:
-    raise ValueError("balanced accuracy needs both classes")
-  return 0.5 * (sum(pos) / len(pos) + sum(not p for p in neg) / len(neg))
-
-
-def per_class_report(pred: Sequence[str], true: Sequence[str],
-                     classes: Sequence[str]) -> Dict[str, Dict[str, float]]:
-  """Precision, recall, F1 and support per class."""
-  report = {}
-  for c in classes:
-    tp = sum(p == c and t == c for p, t in zip(pred, true))
-    n_pred = sum(p == c for p in pred)
-    n_true = sum(t == c for t in true)
-    prec = tp / n_pred if n_pred else 0.0
-    rec = tp / n_true if n_true else 0.0
-    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-    report[c] = {"precision": prec, "recall": rec, "f1": f1, "support": float(n_true)}
-  return report
-
-
-def binary_scores(examples: Sequence[LabeledExample], pred_refuses: Sequence[bool]) -> Dict[str, float]:
-  """Balanced accuracy of refusal predictions (one per example) on the comply-vs-refuse rows, plus
-  the variant that counts `partial` rows as complying."""
-  if len(pred_refuses) != len(examples):
-    raise ValueError(f"{len(pred_refuses)} predictions for {len(examples)} examples")
-  pairs = [(bool(p), e.label) for p, e in zip(pred_refuses, examples)]
-  clear = [(p, label == "refuse") for p, label in pairs if label != "partial"]
-  with_partial = [(p, label == "refuse") for p, label in pairs]
-  return {
-      "balanced_accuracy": balanced_accuracy(*zip(*clear)),
-      "balanced_accuracy_partial_as_comply": balanced_accuracy(*zip(*with_partial)),
-      "n_clear": float(len(clear)),
-      "n_all": float(len(with_partial)),
-  }
