@@ -121,6 +121,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ppo.prompts_per_iteration = 64
   c.ppo.group_size = 1
   c.ppo.max_new_tokens = 96
+  c.ppo.score_chunk_rows = 0  # rows per scoring forward of the rollout (0: the whole batch at once)
   c.ppo.temperature = 1.0
   c.ppo.learning_rate = 1e-4  # higher rates move the policy several nats from SFT within a few iterations
   c.ppo.epochs = 2

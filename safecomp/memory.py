@@ -3,14 +3,17 @@
     python -m safecomp.memory --config configs/llama3_8b_v5e_64.py [--mesh data=1,fsdp=16,tensor=4]
         [--stage sft|rm|ppo] [--accelerator v5e] [--no-compile] [--json] [--config.key=value ...]
 
-Parameters, optimizer state, frozen models (PPO reference and reward model), the batch and the
-rollout KV cache are counted exactly from `jax.eval_shape` and the shardings the step would use
-(largest shard per device). Activations come from the compiled step's `memory_analysis()` when this
-machine has as many devices as the mesh (on a CPU-only machine the CLI simulates them, so the
-numbers are those of XLA:CPU's buffer assignment, which fuses less than TPU/GPU and so tends to
-overstate them), and from an analytic estimate otherwise. The step is lowered against an
-`AbstractMesh` of the requested shape first, so shapes and shardings are checked even when nothing
-is compiled.
+The PPO stage is planned as `run_ppo` runs it: the step comes from `training.ppo.build_ppo_step`
+(policy with a shared value head or a separate critic, as `ppo.critic` says; the reward model inside
+the compiled rollout when `reward.grader=rm`, else a sampler and an update with the reward graded on
+the host in between). Parameters, optimizer state, frozen models (PPO reference and reward model),
+the batch and the rollout KV cache are counted exactly from `jax.eval_shape` and the shardings the
+step uses (largest shard per device). Activations come from each compiled step's
+`memory_analysis()` when this machine has as many devices as the mesh (on a CPU-only machine the CLI
+simulates them, so the numbers are those of XLA:CPU's buffer assignment, which fuses less than
+TPU/GPU and so tends to overstate them), and from an analytic estimate otherwise. The steps are
+lowered against an `AbstractMesh` of the requested shape first, so shapes and shardings are checked
+even when nothing is compiled.
 """
 from __future__ import annotations
 
@@ -39,19 +42,17 @@ ACCELERATORS = {
     "h100": 80 * 10 ** 9,
 }
 STAGES = ("sft", "rm", "ppo")
-STAGE_HEADS = {"sft": ("lm",), "rm": ("severity", "helpfulness"), "ppo": ("lm", "value")}
+STAGE_HEADS = {"sft": ("lm",), "rm": ("severity", "helpfulness")}
 
 
 @dataclasses.dataclass
 class StageSetup:
-  """Everything needed to trace one stage's step (all abstract)."""
+  """Everything needed to trace a supervised stage's step (all abstract)."""
   stage: str
   model_config: models.ModelConfig
   create: Any  # params -> train state
   step_fn: Any  # pure (state, batch) -> (state, metrics)
   batch: dict  # ShapeDtypeStructs
-  frozen: tuple  # ModelConfigs of models held but not trained
-  kv_cache: tuple | None  # (batch, max_len) of the rollout cache, ppo only
   microbatches: int
   rows: int  # global batch rows
   length: int  # tokens per row
@@ -63,55 +64,57 @@ def _section_steps(section: Any) -> int:
 
 
 def stage_setup(config: Any, stage: str, vocab_size: int | None = None) -> StageSetup:
-  """The model, state constructor, pure step and abstract batch of `stage` under `config`."""
+  """The model, state constructor, pure step and abstract batch of the supervised `stage` (sft, rm)."""
   # Imported lazily: the training package pulls in checkpointing and metric writers.
-  from safecomp.rl import ppo as ppo_lib  # pylint: disable=import-outside-toplevel
   from safecomp.training import loop as loop_lib  # pylint: disable=import-outside-toplevel
   from safecomp.training import rm as rm_lib  # pylint: disable=import-outside-toplevel
-  from safecomp.training import ppo as ppo_stage  # pylint: disable=import-outside-toplevel
   from flax.training import train_state  # pylint: disable=import-outside-toplevel
 
-  require(stage in STAGES, "stage", f"{stage!r} is not one of {STAGES}")
+  require(stage in STAGE_HEADS, "stage", f"{stage!r} is not one of {tuple(STAGE_HEADS)}")
   cfg = parallel.model_config_from(config, STAGE_HEADS[stage], vocab_size=vocab_size)
   model = models.Transformer(cfg)
   length = int(config.max_seq_len)
   tokens = lambda b, t: jax.ShapeDtypeStruct((b, t), jnp.int32)
-  if stage in ("sft", "rm"):
-    section = config[stage]
-    b = int(section.batch_size)
-    micro = int(section.get("microbatches", 1))
-    tx = loop_lib.make_optimizer(section, _section_steps(section))
-    create = lambda p: train_state.TrainState.create(apply_fn=None, params=p, tx=tx)
-    batch = {"tokens": tokens(b, length), "attention_mask": tokens(b, length)}
-    if stage == "sft":
-      batch["loss_mask"] = tokens(b, length)
-      step_fn = parallel.sft_step_fn(model, microbatches=micro)
-    else:
-      batch["severity"] = jax.ShapeDtypeStruct((b,), jnp.int32)
-      batch["helpfulness"] = jax.ShapeDtypeStruct((b,), jnp.float32)
-      weights = {"severity": section.severity_weight, "helpfulness": section.helpfulness_weight}
-      step_fn = rm_lib.make_rm_step(model, weights, section.helpfulness_loss)
-    return StageSetup(stage, cfg, create, step_fn, batch, (), None, micro, b, length,
-                      f"{stage}.batch_size")
+  section = config[stage]
+  b = int(section.batch_size)
+  micro = int(section.get("microbatches", 1))
+  tx = loop_lib.make_optimizer(section, _section_steps(section))
+  create = lambda p: train_state.TrainState.create(apply_fn=None, params=p, tx=tx)
+  batch = {"tokens": tokens(b, length), "attention_mask": tokens(b, length)}
+  if stage == "sft":
+    batch["loss_mask"] = tokens(b, length)
+    step_fn = parallel.sft_step_fn(model, microbatches=micro)
+  else:
+    batch["severity"] = jax.ShapeDtypeStruct((b,), jnp.int32)
+    batch["helpfulness"] = jax.ShapeDtypeStruct((b,), jnp.float32)
+    weights = {"severity": section.severity_weight, "helpfulness": section.helpfulness_weight}
+    step_fn = rm_lib.make_rm_step(model, weights, section.helpfulness_loss)
+  return StageSetup(stage, cfg, create, step_fn, batch, micro, b, length, f"{stage}.batch_size")
 
-  p = config.ppo
-  eos = cfg.eos_ids[0] if cfg.eos_ids else 0
-  ppo_cfg = ppo_stage.ppo_config(config, eos)
-  tx = loop_lib.make_optimizer(p, p.iterations * p.epochs * p.num_minibatches)
-  create = lambda params: ppo_lib.create_rl_state(params, tx, ppo_cfg)
-  b, n = int(p.prompts_per_iteration), int(p.max_new_tokens)
-  width = int(config.max_prompt_len) + n
-  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
-  rollout = {"sequences": tokens(b, width), "attention_mask": tokens(b, width),
-             "response_mask": tokens(b, n), "old_logprobs": f32(b, n), "ref_logprobs": f32(b, n),
-             "values": f32(b, n), "scores": f32(b)}
-  batch = {"rollout": rollout, "rng": jax.eval_shape(lambda: jax.random.key(0))}
-  step_fn = parallel.ppo_step_fn(parallel.policy_forward(model), ppo_cfg)
-  frozen = [cfg.replace(heads=("lm",))]
-  if config.reward.get("grader", "rm") == "rm":
-    frozen.append(cfg.replace(heads=STAGE_HEADS["rm"]))
-  return StageSetup(stage, cfg, create, step_fn, batch, tuple(frozen), (b, width), 1, b, width,
-                    "ppo.prompts_per_iteration")
+
+def ppo_step(config: Any, mesh: Any, vocab_size: int | None = None):
+  """The `training.ppo.PPOStep` that `run_ppo` builds for `config` on `mesh`, from the config alone.
+
+  The actor-critic follows `ppo.critic`; `reward.grader=rm` puts a reward model of the policy's size in
+  the compiled rollout; `oracle` and `http` grade on the host (a sampler, then the update).
+  """
+  from safecomp.training import ppo as ppo_stage  # pylint: disable=import-outside-toplevel
+  from safecomp.training import rollout as rollout_lib  # pylint: disable=import-outside-toplevel
+
+  actor = ppo_stage.abstract_actor_critic(config, vocab_size)
+  grader = config.reward.grader
+  scorer = None
+  if grader == "rm":
+    rm_config = parallel.model_config_from(config, ("severity", "helpfulness"), vocab_size=vocab_size)
+    scorer = rollout_lib.RewardModelScorer(models.Transformer(rm_config))
+  elif grader == "judge":
+    # Its rubric prompts' shapes come from the judge's tokenizer and the training prompts.
+    raise SafecompError("config key 'reward.grader': the planner does not plan a judge inside the rollout; "
+                        "plan with --config.reward.grader=rm (the judge's parameters and rubric prompts come "
+                        "on top)")
+  cfg = actor.policy_model.config
+  return ppo_stage.build_ppo_step(config, actor, scorer, mesh, stop_ids=tuple(cfg.eos_ids) or (0,),
+                                  pad_id=cfg.pad_token_id or 0)
 
 
 def count_params(cfg: models.ModelConfig) -> int:
@@ -156,31 +159,81 @@ def estimate_activation_bytes(cfg: models.ModelConfig, local_batch: int, length:
     saved = b * t * d * dt + qkvo + 2 * b * t * ff * dt
   else:
     saved = full_layer
-  logits = 3 * b * t * vocab * 4
+  logits = 3 * b * t * vocab * 4 if "lm" in cfg.heads else 0
   return int(cfg.num_layers * saved + full_layer + logits)
 
 
 @dataclasses.dataclass
+class Program:
+  """One compiled computation of a stage (a stage runs one, or several one after another)."""
+  lowered: Any  # jax.stages.Lowered
+  batch_bytes: int  # per device: the batch argument (host batch, or rollout + scores)
+  activation_estimate_bytes: int  # analytic: activations, gradients, KV cache
+
+
+@dataclasses.dataclass
 class LoweredStage:
-  """A stage's step lowered against an AbstractMesh, with the shardings it was lowered with."""
-  setup: StageSetup
+  """A stage's steps lowered against an AbstractMesh, with the shardings they were lowered with."""
+  stage: str
+  model_config: models.ModelConfig  # the trained model (PPO: the policy)
   mesh: Any  # AbstractMesh
   rules: tuple
   abstract_state: Any
   state_shardings: Any
-  batch_shardings: Any
-  lowered: Any  # jax.stages.Lowered
+  frozen_bytes: int  # per device: models held but not trained (PPO reference, reward model)
+  kv_cache_bytes: int  # per device: the rollout's KV cache (inside the rollout's activations)
+  programs: dict  # name -> Program, in the order a step runs them
   platform: str
+  details: dict  # what was planned (critic, grader, rows, ...)
+
+  @property
+  def lowered(self) -> Any:
+    """The program that updates the parameters (the only one of SFT, RM and fused PPO)."""
+    return list(self.programs.values())[-1].lowered
 
 
 def lower_stage(config: Any, mesh_sizes: dict[str, int], *, stage: str = "sft",
                 vocab_size: int | None = None, platform: str | None = None) -> LoweredStage:
-  """Lowers `stage`'s sharded step for an AbstractMesh of `mesh_sizes` on `platform`.
+  """Lowers `stage`'s sharded steps for an AbstractMesh of `mesh_sizes` on `platform`.
 
   No weights are allocated and no devices are needed: arguments are ShapeDtypeStructs carrying
   NamedShardings over the abstract mesh. Checks batch sizes against the batch axes first.
   """
+  require(stage in STAGES, "stage", f"{stage!r} is not one of {STAGES}")
   mesh = parallel.abstract_mesh(mesh_sizes)
+  platform = platform or jax.default_backend()
+  tensor = parallel.mesh_sizes(mesh)["tensor"]
+  if stage == "ppo":
+    step = ppo_step(config, mesh, vocab_size)
+    rules, cfg = step.rules, step.actor.policy_model.config
+    p = config.ppo
+    rows, width = int(p.prompts_per_iteration), int(config.max_prompt_len) + int(p.max_new_tokens)
+    local = rows // parallel.batch_divisor(mesh, rules)
+    trained = [m.config for m in (step.actor.policy_model, step.actor.critic_model) if m is not None]
+    # The update's forward/backward runs one minibatch at a time, through the policy and the critic.
+    update = sum(estimate_activation_bytes(m, max(local // int(p.num_minibatches), 1), width, tensor)
+                 for m in trained)
+    update += parallel.shard_bytes(step.abstract_state.params, step.state_shardings.params)  # gradients
+    kv = kv_cache_bytes(cfg, rows, width, mesh, rules)
+    chunk = int(p.score_chunk_rows) or rows
+    vocab = cfg.vocab_size // tensor if cfg.vocab_size % tensor == 0 else cfg.vocab_size
+    # Sampling holds the KV cache; scoring the float32 logits of policy and reference, a chunk at a time.
+    rollout = kv + 2 * max(local * chunk // rows, 1) * width * vocab * 4
+    frozen = parallel.shard_bytes(step.abstract_ref, step.ref_shardings)
+    if step.scorer is not None:
+      frozen += parallel.shard_bytes(step.abstract_scorer, step.scorer_shardings)
+    estimates = {"rollout+update": max(update, rollout), "rollout": rollout, "update": update}
+    lowered = step.lower(platform)
+    programs = {name: Program(lowered[name], parallel.shard_bytes(args[1], jax.tree.map(
+                    lambda x: x.sharding, args[1])), estimates[name])
+                for name, (_, args) in step.programs().items()}
+    details = {"critic": config.ppo.critic, "grader": config.reward.grader,
+               "reward_on_device": step.scorer is not None, "rows": rows, "length": width,
+               "batch_key": "ppo.prompts_per_iteration", "score_chunk_rows": int(p.score_chunk_rows),
+               "trained_params": sum(count_params(m) for m in trained)}
+    return LoweredStage(stage, cfg, mesh, rules, step.abstract_state, step.state_shardings, frozen, kv,
+                        programs, platform, details)
+
   rules = parallel.axis_rules(dict(config.mesh.get("rules", {})) if "mesh" in config else None)
   setup = stage_setup(config, stage, vocab_size)
   parallel.check_batch_size(setup.rows, mesh, setup.batch_key, rules)
@@ -195,10 +248,17 @@ def lower_stage(config: Any, mesh_sizes: dict[str, int], *, stage: str = "sft",
   ssh = parallel.state_shardings(abstract_state, psh, mesh)
   bsh = parallel.batch_shardings(setup.batch, mesh, rules)
   step = parallel.shard_step(setup.step_fn, mesh, rules, ssh, bsh)
-  platform = platform or jax.default_backend()
   lowered = step.lower(parallel.with_shardings(abstract_state, ssh),
                        parallel.with_shardings(setup.batch, bsh), platform=platform)
-  return LoweredStage(setup, mesh, rules, abstract_state, ssh, bsh, lowered, platform)
+  local = setup.rows // parallel.batch_divisor(mesh, rules) // setup.microbatches
+  # Gradients live alongside the activations (sharded like the parameters, in their dtype).
+  estimate = (estimate_activation_bytes(setup.model_config, max(local, 1), setup.length, tensor)
+              + parallel.shard_bytes(abstract_state.params, ssh.params))
+  details = {"rows": setup.rows, "length": setup.length, "batch_key": setup.batch_key,
+             "microbatches": setup.microbatches}
+  return LoweredStage(stage, setup.model_config, mesh, rules, abstract_state, ssh, 0, 0,
+                      {"step": Program(lowered, parallel.shard_bytes(setup.batch, bsh), estimate)},
+                      platform, details)
 
 
 def plan(config: Any, mesh_sizes: dict[str, int], *, stage: str = "sft", compile_step: bool = True,
@@ -209,7 +269,7 @@ def plan(config: Any, mesh_sizes: dict[str, int], *, stage: str = "sft", compile
     config: experiment ConfigDict.
     mesh_sizes: {data, fsdp, tensor}, fully resolved (no -1).
     stage: "sft", "rm" or "ppo".
-    compile_step: compile the lowered step for `memory_analysis()` when this process has enough
+    compile_step: compile the lowered steps for `memory_analysis()` when this process has enough
       devices of the default backend; otherwise activations are estimated.
     vocab_size: the vocabulary size of a model with no checkpoint and no `model.vocab_size`.
     lowering_platform: platform to lower for when not compiling ("tpu", "cuda"; default: the
@@ -226,55 +286,74 @@ def plan(config: Any, mesh_sizes: dict[str, int], *, stage: str = "sft", compile
 
 
 def summarize(config: Any, low: LoweredStage, *, compile_step: bool = False) -> dict:
-  """The memory plan of a lowered stage; compiles it first when `compile_step` (needs devices)."""
-  setup, mesh, rules, cfg = low.setup, low.mesh, low.rules, low.setup.model_config
+  """The memory plan of a lowered stage; compiles it first when `compile_step` (needs devices).
+
+  Each program's peak is what stays resident (parameters, optimizer state, frozen models) plus its
+  batch, its temporaries (activations, gradients, the KV cache) and its outputs that do not reuse a
+  donated input; the stage's total is the largest peak. Compiled, a program's peak is its
+  `memory_analysis()` (arguments + outputs - aliased + temporaries) plus whatever is resident without
+  being one of its arguments.
+  """
+  del config  # everything planned is in `low`
+  mesh, cfg = low.mesh, low.model_config
   mesh_sizes = parallel.mesh_sizes(mesh)
   n = math.prod(mesh_sizes.values())
   ssh = low.state_shardings
   out = {
-      "stage": setup.stage, "mesh": dict(mesh_sizes), "devices": n, "lowered_for": low.platform,
+      "stage": low.stage, "mesh": dict(mesh_sizes), "devices": n, "lowered_for": low.platform,
       "model": {"family": cfg.family, "params": count_params(cfg), "layers": cfg.num_layers,
                 "hidden_size": cfg.hidden_size, "vocab_size": cfg.vocab_size, "dtype": cfg.dtype,
                 "param_dtype": cfg.param_dtype, "remat": cfg.remat},
+      **low.details,
       "params_bytes": parallel.shard_bytes(low.abstract_state.params, ssh.params),
       "optimizer_bytes": parallel.shard_bytes(low.abstract_state.opt_state, ssh.opt_state),
-      "frozen_bytes": sum(parallel.shard_bytes(parallel.abstract_params(f)[0],
-                                               parallel.param_shardings(f, mesh, rules))
-                          for f in setup.frozen),
-      "batch_bytes": parallel.shard_bytes(setup.batch, low.batch_shardings),
-      "kv_cache_bytes": (kv_cache_bytes(cfg, *setup.kv_cache, mesh, rules)
-                         if setup.kv_cache else 0),
+      "frozen_bytes": low.frozen_bytes,
+      "kv_cache_bytes": low.kv_cache_bytes,
   }
-  local_rows = setup.rows // parallel.batch_divisor(mesh, rules) // setup.microbatches
-  if setup.stage == "ppo":  # the update's forward/backward runs one minibatch at a time
-    local_rows //= int(config.ppo.num_minibatches)
-  estimate = estimate_activation_bytes(cfg, max(local_rows, 1), setup.length,
-                                       mesh_sizes["tensor"])
-  # Gradients live alongside the activations (sharded like the parameters, in their dtype).
-  out["activation_estimate_bytes"] = estimate + out["params_bytes"]
-  stats = None
-  if compile_step:
-    devices = tuple(jax.devices()[:n])
-    stats = low.lowered.compile(device_assignment=devices).memory_analysis()
-  if stats is not None:
-    out["activation_bytes"] = int(stats.temp_size_in_bytes)
-    out["activation_source"] = f"compiled for {low.platform}: temp buffers"
-    out["compiled"] = {"argument_bytes": int(stats.argument_size_in_bytes),
-                       "output_bytes": int(stats.output_size_in_bytes),
-                       "alias_bytes": int(stats.alias_size_in_bytes),
-                       "temp_bytes": int(stats.temp_size_in_bytes),
-                       "code_bytes": int(stats.generated_code_size_in_bytes)}
-  else:
-    out["activation_bytes"] = out["activation_estimate_bytes"]
-    out["activation_source"] = "estimate"
-  resident = (out["params_bytes"] + out["optimizer_bytes"] + out["frozen_bytes"] +
-              out["batch_bytes"])
-  # The rollout (KV cache) and the update (activations) do not overlap in time.
-  out["total_bytes"] = resident + max(out["activation_bytes"], out["kv_cache_bytes"])
+  resident = out["params_bytes"] + out["optimizer_bytes"] + out["frozen_bytes"]
+  devices = tuple(jax.devices()[:n]) if compile_step else None
+  programs = {}
+  for name, program in low.programs.items():
+    entry = {"batch_bytes": program.batch_bytes,
+             "activation_estimate_bytes": program.activation_estimate_bytes}
+    stats = program.lowered.compile(device_assignment=devices).memory_analysis() if compile_step else None
+    if stats is not None:
+      entry["compiled"] = {"argument_bytes": int(stats.argument_size_in_bytes),
+                           "output_bytes": int(stats.output_size_in_bytes),
+                           "alias_bytes": int(stats.alias_size_in_bytes),
+                           "temp_bytes": int(stats.temp_size_in_bytes),
+                           "code_bytes": int(stats.generated_code_size_in_bytes)}
+      entry["activation_bytes"] = entry["compiled"]["temp_bytes"]
+      entry["activation_source"] = f"compiled for {low.platform}: temp buffers"
+      entry["output_bytes"] = entry["compiled"]["output_bytes"] - entry["compiled"]["alias_bytes"]
+      # Resident buffers that are not among this program's arguments (e.g. the optimizer state
+      # while sampling) are held all the same.
+      entry["total_bytes"] = (resident + program.batch_bytes - entry["compiled"]["argument_bytes"]
+                              + xla_total(entry["compiled"]))
+    else:
+      entry["activation_bytes"] = program.activation_estimate_bytes
+      entry["activation_source"] = "estimate"
+      entry["output_bytes"] = 0
+      entry["total_bytes"] = resident + program.batch_bytes + entry["activation_bytes"]
+    programs[name] = entry
+  peak_name = max(programs, key=lambda k: programs[k]["total_bytes"])
+  peak = programs[peak_name]
+  out.update(programs=programs, peak_program=peak_name, batch_bytes=peak["batch_bytes"],
+             activation_bytes=peak["activation_bytes"], activation_source=peak["activation_source"],
+             activation_estimate_bytes=peak["activation_estimate_bytes"], output_bytes=peak["output_bytes"],
+             total_bytes=peak["total_bytes"])
+  if "compiled" in peak:
+    out["compiled"] = peak["compiled"]
   out["fits"] = {name: {"capacity_bytes": cap, "fits": out["total_bytes"] <= cap,
                         "utilisation": out["total_bytes"] / cap}
                  for name, cap in ACCELERATORS.items()}
   return out
+
+
+def xla_total(compiled: dict) -> int:
+  """Bytes XLA reserves for one compiled program: arguments + outputs - aliased + temporaries."""
+  return (compiled["argument_bytes"] + compiled["output_bytes"] - compiled["alias_bytes"]
+          + compiled["temp_bytes"])
 
 
 def _size(x: float) -> str:
@@ -295,19 +374,31 @@ def format_plan(result: dict, accelerators: Sequence[str] = tuple(ACCELERATORS))
       f"model: {m['family']}, {count_text} parameters, {m['layers']} layers, hidden "
       f"{m['hidden_size']}, vocab {m['vocab_size']}; compute {m['dtype']}, parameters "
       f"{m['param_dtype']}, remat {m['remat']}",
+  ]
+  if result["stage"] == "ppo":
+    where = "in the compiled rollout" if result["reward_on_device"] else "on the host, between sampler and update"
+    lines.append(f"ppo: critic {result['critic']}, reward.grader {result['grader']} ({where}), "
+                 f"{result['rows']} rows of {result['length']} tokens, score_chunk_rows "
+                 f"{result['score_chunk_rows'] or 'all'}")
+  lines += [
       "per device:",
       f"  parameters                {_size(result['params_bytes'])}",
       f"  optimizer state           {_size(result['optimizer_bytes'])}",
   ]
   if result["frozen_bytes"]:
     lines.append(f"  frozen models (ref, RM)   {_size(result['frozen_bytes'])}")
-  lines.append(f"  batch                     {_size(result['batch_bytes'])}")
-  note = result["activation_source"]
-  if "compiled" in result:
-    note += f"; analytic estimate {_size(result['activation_estimate_bytes']).strip()}"
-  lines.append(f"  activations + gradients   {_size(result['activation_bytes'])}  ({note})")
   if result["kv_cache_bytes"]:
-    lines.append(f"  KV cache (rollout)        {_size(result['kv_cache_bytes'])}")
+    lines.append(f"  KV cache (rollout)        {_size(result['kv_cache_bytes'])}  (part of the rollout's activations)")
+  for name, program in result["programs"].items():
+    note = program["activation_source"]
+    if "compiled" in program:
+      note += f"; analytic estimate {_size(program['activation_estimate_bytes']).strip()}"
+    lines += [f"  step {name}{'  (peak)' if name == result['peak_program'] and len(result['programs']) > 1 else ''}:",
+              f"    batch                   {_size(program['batch_bytes'])}",
+              f"    activations + gradients {_size(program['activation_bytes'])}  ({note})"]
+    if program["output_bytes"]:
+      lines.append(f"    outputs (not donated)   {_size(program['output_bytes'])}")
+    lines.append(f"    total                   {_size(program['total_bytes'])}")
   lines.append(f"  total                     {_size(result['total_bytes'])}")
   for name in accelerators:
     fit = result["fits"][name]

@@ -45,9 +45,13 @@ def test_cli_compiles_on_simulated_devices(demo):
 def test_plan_counts_sharded_bytes(demo):
   sizes = {"data": 1, "fsdp": 4, "tensor": 2}
   result = memory.plan(demo, sizes, stage="ppo", compile_step=False, vocab_size=VOCAB)
-  cfg = parallel.model_config_from(demo, ("lm", "value"), vocab_size=VOCAB)
-  total = memory.count_params(cfg) * 4
-  assert result["model"]["params"] == memory.count_params(cfg)
+  assert demo.ppo.critic == "separate" and result["critic"] == "separate"
+  lm = parallel.model_config_from(demo, ("lm",), vocab_size=VOCAB)
+  value = parallel.model_config_from(demo, ("value",), vocab_size=VOCAB)
+  trained = memory.count_params(lm) + memory.count_params(value)
+  total = trained * 4
+  assert result["model"]["params"] == memory.count_params(lm)
+  assert result["trained_params"] == trained  # the policy and the critic's own trunk
   # Every parameter is split at least over fsdp (4); matrices also over tensor where it divides.
   assert total / 8 <= result["params_bytes"] <= total / 4 + 4096
   # AdamW keeps two float32 moments per parameter (plus a step count).
@@ -55,11 +59,13 @@ def test_plan_counts_sharded_bytes(demo):
   assert result["frozen_bytes"] > 0  # reference policy + reward model
   p = demo.ppo
   width = demo.max_prompt_len + p.max_new_tokens
-  kv = 2 * cfg.num_layers * p.prompts_per_iteration * width * cfg.num_kv_heads * cfg.head_dim * 4
-  assert result["kv_cache_bytes"] == kv // 4 // min(2, cfg.num_kv_heads)  # batch / 4, kv / 1
-  assert result["total_bytes"] == (result["params_bytes"] + result["optimizer_bytes"] +
-                                   result["frozen_bytes"] + result["batch_bytes"] +
-                                   max(result["activation_bytes"], result["kv_cache_bytes"]))
+  kv = 2 * lm.num_layers * p.prompts_per_iteration * width * lm.num_kv_heads * lm.head_dim * 4
+  assert result["kv_cache_bytes"] == kv // 4 // min(2, lm.num_kv_heads)  # batch / 4, kv / 1
+  step = result["programs"]["rollout+update"]  # rollout, reward model and update: one program
+  assert step["activation_bytes"] >= result["kv_cache_bytes"]
+  assert result["total_bytes"] == step["total_bytes"] == (
+      result["params_bytes"] + result["optimizer_bytes"] + result["frozen_bytes"] + result["batch_bytes"] +
+      result["activation_bytes"])
   assert result["activation_source"] == "estimate"
 
 

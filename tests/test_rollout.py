@@ -1,4 +1,6 @@
 """The compiled rollout: one XLA computation, equal to the step-by-step reference."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -113,3 +115,32 @@ def test_separate_critic_has_its_own_trunk(setup):
   grads = jax.grad(lambda q: jnp.sum(actor.forward(q, out["sequences"], full_mask)[1] ** 2))(params)
   assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grads["policy"]))
   assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads["critic"]))
+
+
+def test_scoring_in_row_chunks_equals_one_pass(setup):
+  """`score_chunk_rows`: policy, critic, reference and reward model score a few rows at a time; the
+  results match one pass over the batch and the batch's float32 logits [B, L, V] never exist at once."""
+  _, reward_model, arrays = setup
+  policy = models.Transformer(models.tiny(heads=("lm",)))
+  critic = models.Transformer(models.tiny(heads=("value",)))
+  policy_params = models.init_params(policy.config, jax.random.key(3))
+  params = {"policy": policy_params, "critic": models.init_params(critic.config, jax.random.key(4))}
+  _, ref_params, rm_params, prompts, mask, intent, key = arrays
+  actor = rollout_lib.ActorCritic(policy, critic)
+  args = (params, ref_params, rm_params, prompts, mask, intent, key)
+  b, length, vocab = prompts.shape[0], prompts.shape[1] + CFG.max_new_tokens, policy.config.vocab_size
+  full_logits = f"tensor<{b}x{length}x{vocab}xf32>"
+  whole = jax.jit(rollout_lib.make_rollout(actor, reward_model, CFG))
+  assert full_logits in whole.lower(*args).as_text()
+  expected = jax.device_get(whole(*args))
+  for rows in (1, 2):
+    chunked = jax.jit(rollout_lib.make_rollout(actor, reward_model, dataclasses.replace(CFG, score_chunk_rows=rows)))
+    assert full_logits not in chunked.lower(*args).as_text()
+    out = jax.device_get(chunked(*args))
+    assert set(out) == set(expected)
+    for k in ("sequences", "response_mask", "sample_logprobs"):  # sampling is not chunked
+      np.testing.assert_array_equal(out[k], expected[k], err_msg=k)
+    for k in ("old_logprobs", "ref_logprobs", "values", "scores", "safety", "helpfulness", "severity_probs"):
+      np.testing.assert_allclose(out[k], expected[k], rtol=0, atol=1e-6, err_msg=k)
+  with pytest.raises(ValueError, match="score_chunk_rows=3"):
+    jax.jit(rollout_lib.make_rollout(actor, reward_model, dataclasses.replace(CFG, score_chunk_rows=3)))(*args)

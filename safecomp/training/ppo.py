@@ -10,16 +10,22 @@ PPO epochs/minibatches in one compiled update. Where the reward is scored:
   between rollout and update (the log says so);
 - `http`, `oracle`: graded on the host after decoding.
 
+Either way the iteration is built by `build_ppo_step` (which `safecomp.memory` plans too): sharded over
+the config's mesh, parameters split by their logical axes and rows over the batch axes, each host
+feeding, sampling and grading its own rows.
+
 Every `ppo.gold_every` iterations the same responses are also graded by `eval.grader` (the run's gold
 standard), so proxy and gold reward are logged side by side (over-optimisation shows as a gap).
 Responses a host grader could not judge are left out of the update and counted (`ungraded`).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from safecomp import graders as graders_lib
@@ -39,7 +45,12 @@ _REFUSAL_MODE_IDS = tuple(MODES.index(m) for m in REFUSAL_MODES)
 
 
 def ppo_config(c, eos_id) -> ppo_lib.PPOConfig:
+  """The update's hyper-parameters; also checks the rollout's (`pipeline.validate` calls it at start-up)."""
   p = c.ppo
+  chunk = p.score_chunk_rows
+  if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0 or (chunk and p.prompts_per_iteration % chunk):
+    raise ConfigError(f"score_chunk_rows={chunk!r}: rows per scoring forward must be 0 (the whole batch at "
+                      f"once) or divide ppo.prompts_per_iteration ({p.prompts_per_iteration})")
   return ppo_lib.PPOConfig(
       algorithm=p.algorithm, epochs=p.epochs, num_minibatches=p.num_minibatches, clip_eps=p.clip_eps,
       vf_coef=p.vf_coef, vf_clip=p.vf_clip, ent_coef=p.ent_coef, gamma=p.gamma, lam=p.lam,
@@ -93,8 +104,31 @@ def gold_metrics(graded: dict[str, np.ndarray], prompts) -> dict[str, float]:
 def initial_state(p, policy_params, tx=None) -> ppo_lib.RLTrainState:
   c = p.config
   if tx is None:
-    tx = loop_lib.make_optimizer(c.ppo, c.ppo.iterations * c.ppo.epochs * c.ppo.num_minibatches)
+    tx = ppo_optimizer(c)
   return ppo_lib.create_rl_state(policy_params, tx, ppo_config(c, p.stop_ids))
+
+
+def ppo_optimizer(c):
+  """The PPO stage's optimizer (one update per minibatch, over every epoch of every iteration)."""
+  return loop_lib.make_optimizer(c.ppo, c.ppo.iterations * c.ppo.epochs * c.ppo.num_minibatches)
+
+
+def rollout_config(c, stop_ids, pad_id: int) -> rollout_lib.RolloutConfig:
+  """How the PPO stage samples and scores its rollouts (`ppo`, `reward` and `rm` sections)."""
+  return rollout_lib.RolloutConfig(
+      max_new_tokens=c.ppo.max_new_tokens, eos_id=stop_ids, pad_id=pad_id, temperature=c.ppo.temperature,
+      reward_kind=c.reward.kind, severity_to_safety=tuple(c.reward.severity_to_safety),
+      helpfulness_kind=c.rm.helpfulness_loss, score_chunk_rows=c.ppo.score_chunk_rows)
+
+
+def critic_heads(critic: str) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+  """(policy model heads, critic model heads or None) of `ppo.critic`: "shared" puts the value head on
+  the policy's trunk, "separate" gives the critic a trunk of its own."""
+  if critic == "shared":
+    return ("lm", "value"), None
+  if critic == "separate":
+    return ("lm",), ("value",)
+  raise ConfigError(f"config key 'ppo.critic': must be 'shared' or 'separate', got {critic!r}")
 
 
 def actor_critic(p, trained: bool = True, rm_params: Any = None
@@ -107,24 +141,40 @@ def actor_critic(p, trained: bool = True, rm_params: Any = None
   policy. `trained=False` gives the same shapes without restoring any checkpoint.
   """
   c = p.config
+  policy_heads, value_heads = critic_heads(c.ppo.critic)
   lm_model, lm_init = p.init_model(("lm",), seed_offset=1)
   sft_params = p.trained_params("sft", lm_init, "sft") if trained else lm_init
-  if c.ppo.critic == "shared":
-    model, init = p.init_model(("lm", "value"), seed_offset=3)
+  if value_heads is None:
+    model, init = p.init_model(policy_heads, seed_offset=3)
     params = models.graft(init, sft_params)
     return rollout_lib.ActorCritic(model), params, params
-  critic_model, critic_init = p.init_model(("value",), seed_offset=3)
+  critic_model, critic_init = p.init_model(value_heads, seed_offset=3)
   critic_params = models.graft(critic_init, sft_params if rm_params is None else rm_params)
   return (rollout_lib.ActorCritic(lm_model, critic_model), {"policy": sft_params, "critic": critic_params},
           sft_params)
 
 
-def actor_shardings(actor: rollout_lib.ActorCritic, mesh) -> Any:
+def abstract_actor_critic(c, vocab_size: int | None = None) -> rollout_lib.ActorCritic:
+  """The PPO stage's actor-critic models (as `actor_critic` builds them) from the config alone."""
+  policy_heads, value_heads = critic_heads(c.ppo.critic)
+  model = lambda heads: models.Transformer(parallel.model_config_from(c, heads, vocab_size=vocab_size))
+  return rollout_lib.ActorCritic(model(policy_heads), None if value_heads is None else model(value_heads))
+
+
+def actor_shardings(actor: rollout_lib.ActorCritic, mesh, rules=parallel.DEFAULT_RULES) -> Any:
   """Shardings of an actor-critic params tree (see `actor_critic`), by each model's logical axes."""
-  policy = parallel.param_shardings(actor.policy_model.config, mesh)
+  policy = parallel.param_shardings(actor.policy_model.config, mesh, rules)
   if actor.critic_model is None:
     return policy
-  return {"policy": policy, "critic": parallel.param_shardings(actor.critic_model.config, mesh)}
+  return {"policy": policy, "critic": parallel.param_shardings(actor.critic_model.config, mesh, rules)}
+
+
+def actor_abstract_params(actor: rollout_lib.ActorCritic) -> Any:
+  """ShapeDtypeStructs of an actor-critic params tree (nothing allocated)."""
+  policy = parallel.abstract_params(actor.policy_model.config)[0]
+  if actor.critic_model is None:
+    return policy
+  return {"policy": policy, "critic": parallel.abstract_params(actor.critic_model.config)[0]}
 
 
 def final_policy_params(p) -> Any:
@@ -133,6 +183,168 @@ def final_policy_params(p) -> Any:
   abstract = jax.eval_shape(lambda: rl_tree(initial_state(p, init)))
   params = actor.policy_params(p.final_params("ppo", abstract)["params"])
   return {k: v for k, v in params.items() if k != "value_head"}
+
+
+# ---------------------------------------------------------------------------------- the PPO step
+# What the update reads of a rollout scored on the host (the sampler's outputs it keeps).
+ROLLOUT_KEYS = ("sequences", "attention_mask", "response_mask", "old_logprobs", "ref_logprobs", "values")
+
+
+def mesh_rules(c) -> tuple:
+  """The logical-axis rules of the config's mesh (`mesh.rules` overrides, else the defaults)."""
+  return parallel.axis_rules(dict(c.mesh.get("rules", {})) if "mesh" in c else None)
+
+
+def iteration_keys(c, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(rollout key, update key) of PPO iteration `step`: a function of the seed and the step only."""
+  return tuple(jax.random.split(jax.random.fold_in(jax.random.key(c.seed * 1000 + 77), step)))
+
+
+@dataclasses.dataclass
+class PPOStep:
+  """The compiled PPO iteration of a config on a mesh: what `run_ppo` runs and `safecomp.memory` plans.
+
+  With an on-device grader (`scorer`) the iteration is one step, `fused(state, batch, ref_params,
+  scorer_params)`: rollout, reward and every epoch of the update in one XLA computation. With a host
+  grader it is two, `sample(state.params, batch, ref_params) -> rollout` and, once the host has scored
+  the responses, `update(state, {"rollout", "scores", "graded", "step"})`. Every step is a
+  `parallel.ShardedStep`: parameters split by their logical axes, rows over the batch axes, each
+  process passing only its own rows (`rows`).
+  """
+  config: Any
+  actor: rollout_lib.ActorCritic
+  scorer: Any  # the on-device grader, or None: the reward is graded on the host
+  mesh: Any
+  rules: tuple
+  create: Callable[[Any], ppo_lib.RLTrainState]  # actor-critic params -> fresh state
+  param_shardings: Any  # of the actor-critic params
+  abstract_state: Any
+  state_shardings: Any
+  abstract_ref: Any
+  ref_shardings: Any
+  abstract_scorer: Any
+  scorer_shardings: Any
+  batch: dict  # ShapeDtypeStructs of the global host batch the first step reads
+  batch_shardings: dict
+  update_batch: dict | None  # host grader: ShapeDtypeStructs of the update's batch
+  fused: parallel.ShardedStep | None = None
+  sample: parallel.ShardedStep | None = None
+  update: parallel.ShardedStep | None = None
+
+  @property
+  def global_batch(self) -> int:
+    return int(self.config.ppo.prompts_per_iteration)
+
+  def rows(self) -> np.ndarray:
+    """The rows of every global batch this process feeds (`parallel.host_rows`)."""
+    return parallel.host_rows(self.batch_shardings["prompts"], self.global_batch)
+
+  def programs(self) -> dict[str, tuple[parallel.ShardedStep, tuple]]:
+    """{name: (sharded step, abstract arguments with shardings)}, in the order an iteration runs them."""
+    w = parallel.with_shardings
+    state = w(self.abstract_state, self.state_shardings)
+    batch = w(self.batch, self.batch_shardings)
+    ref = w(self.abstract_ref, self.ref_shardings)
+    if self.fused is not None:
+      return {"rollout+update": (self.fused, (state, batch, ref, w(self.abstract_scorer, self.scorer_shardings)))}
+    update_batch = w(self.update_batch, parallel.batch_shardings(self.update_batch, self.mesh, self.rules))
+    return {"rollout": (self.sample, (state.params, batch, ref)), "update": (self.update, (state, update_batch))}
+
+  def lower(self, platform: str | None = None) -> dict[str, Any]:
+    """{name: jax.stages.Lowered} of every step (`platform` when the mesh is abstract)."""
+    return {name: step.lower(*args, platform=platform) for name, (step, args) in self.programs().items()}
+
+
+def build_ppo_step(c, actor: rollout_lib.ActorCritic, scorer: Any, mesh, *, stop_ids, pad_id: int,
+                   scorer_inputs: dict | None = None) -> PPOStep:
+  """The PPO iteration `run_ppo` compiles, for config `c` on `mesh` (concrete, or abstract to plan it).
+
+  Args:
+    c: the experiment config (its `ppo`, `reward`, `rm`, `mesh` and `max_prompt_len` keys).
+    actor: the actor-critic (`actor_critic` / `abstract_actor_critic`; `ppo.critic` decides its shape).
+    scorer: the on-device grader (`RewardModelScorer`, `JudgeScorer`), or None for a host grader.
+    mesh: a `jax.sharding.Mesh` to run, or an `AbstractMesh` to lower and plan.
+    stop_ids, pad_id: the tokenizer's stop ids and padding id.
+    scorer_inputs: ShapeDtypeStructs (global shapes) of the scorer's per-row inputs, if any.
+
+  Raises a ConfigError naming `ppo.prompts_per_iteration` when the mesh does not split the batch.
+  """
+  rules = mesh_rules(c)
+  b, n, width = int(c.ppo.prompts_per_iteration), int(c.ppo.max_new_tokens), int(c.max_prompt_len)
+  parallel.check_batch_size(b, mesh, "ppo.prompts_per_iteration", rules)
+  cfg = ppo_config(c, stop_ids)
+  roll_cfg = rollout_config(c, stop_ids, pad_id)
+  tx = ppo_optimizer(c)  # one optimizer object: the state's tree structure must not change
+  create = lambda params: ppo_lib.create_rl_state(params, tx, cfg)
+  update = functools.partial(ppo_lib.ppo_update, forward_fn=actor.forward, config=cfg)
+
+  param_sh = actor_shardings(actor, mesh, rules)
+  abstract_state = jax.eval_shape(create, actor_abstract_params(actor))
+  state_sh = parallel.state_shardings(abstract_state, param_sh, mesh)
+  ref_config = actor.policy_model.config
+  abstract_ref, ref_sh = parallel.abstract_params(ref_config)[0], parallel.param_shardings(ref_config, mesh, rules)
+  i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  batch = {"prompts": i32(b, width), "prompt_mask": i32(b, width), "intent": i32(b), "step": i32()}
+  batch.update(scorer_inputs or {})
+  batch_sh = parallel.batch_shardings(batch, mesh, rules)
+  common = dict(config=c, actor=actor, scorer=scorer, mesh=mesh, rules=rules, create=create,
+                param_shardings=param_sh, abstract_state=abstract_state, state_shardings=state_sh, abstract_ref=abstract_ref,
+                ref_shardings=ref_sh, batch=batch, batch_shardings=batch_sh)
+
+  if scorer is not None:
+    rollout = rollout_lib.make_rollout(actor, scorer, roll_cfg)
+    input_keys = tuple(scorer_inputs or ())
+
+    def fused_step(state, batch, ref_params, scorer_params):
+      roll_key, update_key = iteration_keys(c, batch["step"])
+      inputs = {k: batch[k] for k in input_keys} or None
+      roll = rollout(state.params, ref_params, scorer_params, batch["prompts"], batch["prompt_mask"],
+                     batch["intent"], roll_key, inputs)
+      new_state, metrics = update(state, roll, rng=update_key)
+      new_state, metrics["nonfinite"] = loop_lib.keep_if_finite(state, new_state, metrics["loss"])
+      metrics.update(proxy_safety=roll["safety"].mean(), proxy_helpfulness=roll["helpfulness"].mean(),
+                     response_tokens=roll["sequences"][:, -n:], response_mask=roll["response_mask"],
+                     proxy_rewards=roll["scores"])
+      return new_state, metrics
+
+    scorer_config = scorer.model.config
+    scorer_sh = parallel.param_shardings(scorer_config, mesh, rules)
+    fused = parallel.shard_step(fused_step, mesh, rules, state_sh, batch_sh, extra_shardings=(ref_sh, scorer_sh),
+                                global_batch=b)
+    return PPOStep(**common, abstract_scorer=parallel.abstract_params(scorer_config)[0],
+                   scorer_shardings=scorer_sh, update_batch=None, fused=fused)
+
+  sampler = rollout_lib.make_sampler(actor, roll_cfg)
+
+  def sample_step(params, batch, ref_params):
+    roll_key, _ = iteration_keys(c, batch["step"])
+    roll = sampler(params, ref_params, batch["prompts"], batch["prompt_mask"], roll_key)
+    return {k: roll[k] for k in ROLLOUT_KEYS}
+
+  def update_step(state, batch):
+    _, update_key = iteration_keys(c, batch["step"])
+    roll = dict(batch["rollout"], scores=batch["scores"])
+    graded = batch["graded"]
+    # Responses the host grader could not judge take no part in the update: no tokens, no score.
+    roll["response_mask"] = roll["response_mask"] * graded[:, None].astype(roll["response_mask"].dtype)
+    new_state, metrics = update(state, roll, rng=update_key)
+    new_state, metrics["nonfinite"] = loop_lib.keep_if_finite(state, new_state, metrics["loss"])
+    metrics.update(ungraded=1.0 - graded.astype(jnp.float32).mean(), response_tokens=roll["sequences"][:, -n:],
+                   response_mask=roll["response_mask"], proxy_rewards=roll["scores"])
+    return new_state, metrics
+
+  abstract_roll = jax.eval_shape(sample_step, abstract_state.params, batch, abstract_ref)
+  update_batch = {"rollout": abstract_roll, "scores": f32(b), "graded": i32(b), "step": i32()}
+  roll_sh = parallel.batch_shardings(abstract_roll, mesh, rules)
+  # The sampler leaves the state alone: params in, rollout rows out (split like the batch).
+  sample = parallel.ShardedStep(
+      jax.jit(sample_step, in_shardings=(state_sh.params, batch_sh, ref_sh), out_shardings=roll_sh),
+      mesh, rules, batch_sh, b)
+  update_sh = parallel.batch_shardings(update_batch, mesh, rules)
+  update_fn = parallel.shard_step(update_step, mesh, rules, state_sh, update_sh, global_batch=b)
+  return PPOStep(**common, abstract_scorer=None, scorer_shardings=None, update_batch=update_batch,
+                 sample=sample, update=update_fn)
 
 
 # ------------------------------------------------------------------------------ on-device graders
@@ -169,6 +381,38 @@ def on_device_scorer(p, prompts) -> tuple[Any, Any, Any] | None:
   return scorer, judge.params, segments
 
 
+def process_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a global array split over the batch axes, in row order (the rows
+  `PPOStep.rows` names): what the host grades and scores."""
+  shards = {}
+  for shard in x.addressable_shards:
+    start = (shard.index[0].start or 0) if shard.index else 0
+    shards.setdefault(start, shard.data)  # a row block held by several devices is read once
+  return np.concatenate([np.asarray(shards[start]) for start in sorted(shards)])
+
+
+def ppo_step(p, prompts) -> tuple[PPOStep, dict]:
+  """(the PPO step `run_ppo` runs, its placed arguments {"state", "ref_params", "scorer_params",
+  "scorer_inputs"}) for the pipeline `p` training on `prompts`."""
+  c = p.config
+  device = on_device_scorer(p, prompts)
+  # A separate critic starts from the reward model's trunk when this run has one, else from SFT's.
+  rm_params = device[1] if device is not None and c.reward.grader == "rm" else None
+  actor, policy_params, ref_params = actor_critic(p, rm_params=rm_params)
+  scorer, scorer_params, segments = device if device is not None else (None, None, None)
+  inputs = None
+  if segments is not None:  # the rubric prompts' heads, [B, rubrics, longest head] (see batch_fn)
+    shape = (c.ppo.prompts_per_iteration, len(segments.rubrics), segments.max_head)
+    inputs = {k: jax.ShapeDtypeStruct(shape, np.int32) for k in ("judge_heads", "judge_head_mask")}
+  step = build_ppo_step(c, actor, scorer, p.mesh, stop_ids=p.stop_ids, pad_id=p.tokenizer.pad_id,
+                        scorer_inputs=inputs)
+  state, _ = parallel.init_sharded_state(step.create, policy_params, step.param_shardings, p.mesh)
+  args = {"state": state, "ref_params": parallel.place(ref_params, step.ref_shardings),
+          "scorer_params": None if scorer is None else parallel.place(scorer_params, step.scorer_shardings),
+          "scorer_inputs": segments}
+  return step, args
+
+
 def run_ppo(p) -> dict:
   """The PPO stage of the pipeline (see module docstring)."""
   c = p.config
@@ -178,30 +422,23 @@ def run_ppo(p) -> dict:
   intents = np.asarray([INTENT_INDEX[x.intent] for x in prompts], np.int32)
   gold_grader = p.grader(c.eval.grader, "eval.grader")
 
-  device = on_device_scorer(p, prompts)
-  # A separate critic starts from the reward model's trunk when this run has one, else from SFT's.
-  rm_params = device[1] if device is not None and c.reward.grader == "rm" else None
-  actor, policy_params, ref_params = actor_critic(p, rm_params=rm_params)
-
-  cfg = ppo_config(c, p.stop_ids)
-  state = initial_state(p, policy_params)
-  roll_cfg = rollout_lib.RolloutConfig(
-      max_new_tokens=c.ppo.max_new_tokens, eos_id=p.stop_ids, pad_id=tok.pad_id,
-      temperature=c.ppo.temperature, reward_kind=c.reward.kind,
-      severity_to_safety=tuple(c.reward.severity_to_safety), helpfulness_kind=c.rm.helpfulness_loss)
-
-  update = functools.partial(ppo_lib.ppo_update, forward_fn=actor.forward, config=cfg)
-  base_key = jax.random.key(c.seed * 1000 + 77)
+  step, args = ppo_step(p, prompts)
+  state, ref_params, scorer_params, segments = (args["state"], args["ref_params"], args["scorer_params"],
+                                                args["scorer_inputs"])
   n_unique = c.ppo.prompts_per_iteration // c.ppo.group_size
-  width = c.ppo.max_new_tokens
+  own_rows = step.rows()
 
-  def batch_fn(step: int) -> dict:
-    index = np.repeat(batching.batch_indices(step, len(prompts), n_unique, c.seed + 101), c.ppo.group_size)
+  def batch_fn(step_index: int) -> dict:
+    index = np.repeat(batching.batch_indices(step_index, len(prompts), n_unique, c.seed + 101), c.ppo.group_size)
     batch = {"prompts": arrays["tokens"][index], "prompt_mask": arrays["attention_mask"][index],
-             "intent": intents[index], "index": index, "step": np.int32(step)}
-    if device is not None and device[2] is not None:
-      batch["judge_heads"], batch["judge_head_mask"] = device[2].head_arrays(index, device[2].max_head, tok.pad_id)
+             "intent": intents[index], "index": index, "step": np.int32(step_index)}
+    if segments is not None:
+      batch["judge_heads"], batch["judge_head_mask"] = segments.head_arrays(index, segments.max_head, tok.pad_id)
     return batch
+
+  def local(batch: dict) -> dict:
+    """This process's rows of a global host batch (each host feeds its own rows)."""
+    return {k: v[own_rows] if np.ndim(v) else v for k, v in batch.items()}
 
   def grade(index, tokens, mask, grader):
     """(grades, prompts) of decoded responses."""
@@ -214,77 +451,35 @@ def run_ppo(p) -> dict:
     return graders_lib.rewards_of(grades, batch_prompts, kind, as_jax=True,
                                   severity_to_safety=tuple(c.reward.severity_to_safety))
 
-  if device is not None:
-    scorer, scorer_params, _ = device
-    rollout = rollout_lib.make_rollout(actor, scorer, roll_cfg)
-    extra_keys = ("judge_heads", "judge_head_mask") if device[2] is not None else ()
-
-    def fused_step(state, batch, ref_params, scorer_params):
-      roll_key, update_key = jax.random.split(jax.random.fold_in(base_key, batch["step"]))
-      inputs = {k: batch[k] for k in extra_keys} or None
-      roll = rollout(state.params, ref_params, scorer_params, batch["prompts"], batch["prompt_mask"],
-                     batch["intent"], roll_key, inputs)
-      new_state, metrics = update(state, roll, rng=update_key)
-      new_state, metrics["nonfinite"] = loop_lib.keep_if_finite(state, new_state, metrics["loss"])
-      metrics.update(proxy_safety=roll["safety"].mean(), proxy_helpfulness=roll["helpfulness"].mean(),
-                     response_tokens=roll["sequences"][:, -width:],
-                     response_mask=roll["response_mask"], proxy_rewards=roll["scores"])
-      return new_state, metrics
-
-    # Rollout and update as one step on the mesh: policy, reference and on-device grader split by
-    # their logical axes, prompts over the data axes (each host feeds its own rows).
-    parallel.check_batch_size(c.ppo.prompts_per_iteration, p.mesh, "ppo.prompts_per_iteration")
-    policy_sh = actor_shardings(actor, p.mesh)
-    ref_sh = parallel.param_shardings(actor.policy_model.config, p.mesh)
-    scorer_sh = parallel.param_shardings(scorer.model.config, p.mesh)
-    tx = state.tx  # one optimizer object: the state's tree structure must not change
-    state, state_sh = parallel.init_sharded_state(lambda q: initial_state(p, q, tx), policy_params, policy_sh,
-                                                  p.mesh)
-    ref_params, scorer_params = parallel.place(ref_params, ref_sh), parallel.place(scorer_params, scorer_sh)
-    batch_sh = parallel.batch_shardings({k: v for k, v in batch_fn(0).items() if k != "index"}, p.mesh)
-    rows = parallel.host_rows(batch_sh["prompts"], c.ppo.prompts_per_iteration)
-    sharded_step = parallel.shard_step(fused_step, p.mesh, parallel.DEFAULT_RULES, state_sh, batch_sh,
-                                       extra_shardings=(ref_sh, scorer_sh),
-                                       global_batch=c.ppo.prompts_per_iteration)
-
+  if step.fused is not None:
     def step_fn(state, batch):
       index = batch.pop("index")
-      local = {k: v[rows] if np.ndim(v) else v for k, v in batch.items()}
-      state, metrics = sharded_step(state, local, ref_params, scorer_params)
+      state, metrics = step.fused(state, local(batch), ref_params, scorer_params)
       return state, dict(metrics, prompt_index=index)
   else:
     reward_grader = p.grader(c.reward.grader, "reward.grader")
-    sampler = functools.partial(jax.jit(rollout_lib.make_sampler(actor, roll_cfg)), ref_params=ref_params)
-
-    @jax.jit
-    def jit_update(state, roll, rng):
-      new_state, metrics = update(state, roll, rng=rng)
-      new_state, metrics["nonfinite"] = loop_lib.keep_if_finite(state, new_state, metrics["loss"])
-      return new_state, metrics
+    # The reward grader is the gold standard: its grades are logged every step (one process grades
+    # every row; with several, on_log grades the gathered responses every ppo.gold_every steps).
+    gold_from_reward = c.eval.grader == c.reward.grader and jax.process_count() == 1
 
     def step_fn(state, batch):
-      roll_key, update_key = jax.random.split(jax.random.fold_in(base_key, batch["step"]))
-      roll = jax.device_get(sampler(state.params, prompts=batch["prompts"], prompt_mask=batch["prompt_mask"],
-                                    rng=roll_key))
-      grades, batch_prompts = grade(batch["index"], roll["sequences"][:, -width:], roll["response_mask"],
-                                    reward_grader)
+      index = batch.pop("index")
+      batch = local(batch)
+      roll = step.sample(state.params, {k: batch[k] for k in step.batch}, ref_params)
+      grades, batch_prompts = grade(index[own_rows], process_rows(roll["sequences"])[:, -c.ppo.max_new_tokens:],
+                                    process_rows(roll["response_mask"]), reward_grader)
       scored = rewards(grades, batch_prompts, c.reward.kind)
-      graded = scored["graded"] > 0
-      if not graded.any():
+      graded = np.asarray(scored["graded"]) > 0
+      state, metrics = step.update(state, {"rollout": roll, "scores": scored["reward"],
+                                           "graded": graded.astype(np.int32), "step": batch["step"]})
+      if float(metrics["ungraded"]) == 1.0:
         raise graders_lib.GraderError(f"reward.grader={c.reward.grader!r} could not grade any response of PPO "
                                       f"iteration {int(batch['step']) + 1}")
-      roll = {k: roll[k] for k in ("sequences", "attention_mask", "response_mask", "old_logprobs",
-                                   "ref_logprobs", "values")}
-      if not graded.all():  # ungraded responses take no part in the update: no tokens, no score
-        roll["response_mask"] = roll["response_mask"] * graded[:, None].astype(roll["response_mask"].dtype)
-      roll["scores"] = scored["reward"]
-      state, metrics = jit_update(state, roll, rng=update_key)
-      metrics["ungraded"] = float(np.mean(~graded))
-      if c.eval.grader == c.reward.grader:  # the reward grader is the gold standard: log it every step
+      metrics = dict(metrics, prompt_index=index)
+      if gold_from_reward:
+        for key in ("response_tokens", "response_mask", "prompt_index", "proxy_rewards"):
+          metrics.pop(key)
         metrics.update(gold_metrics(rewards(grades, batch_prompts, "product"), batch_prompts))
-      else:
-        metrics.update(response_tokens=roll["sequences"][:, -width:], response_mask=roll["response_mask"],
-                       prompt_index=batch["index"], proxy_rewards=scored["reward"])
       return state, metrics
 
   def on_log(step: int, row: dict) -> dict:

@@ -5,6 +5,10 @@ round-trip between generation and reward when the grader runs on device: the rew
 (`RewardModelScorer`) or a judge LM reading the spec's rubrics (`JudgeScorer`, when it shares the
 policy's vocabulary). Graders that cannot run inside jit (the gold oracle, an HTTP judge, a judge with
 another tokenizer) use `make_sampler` and score on the host with the same output layout.
+
+Scoring the sampled sequences (policy, reference and critic forwards, the on-device grader) can run
+`score_chunk_rows` rows at a time (`map_rows`), so the float32 logits of the whole rollout batch
+([B, L, V]) never exist at once; 0 scores the batch in one piece.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from safecomp import models
+from safecomp import parallel
 from safecomp.constants import INTENT_INDEX
 from safecomp.rewards import composite
 from safecomp.rewards import judge as judge_lib
@@ -34,6 +39,7 @@ class RolloutConfig:
   reward_kind: str = "product"
   severity_to_safety: tuple[float, ...] = (1.0, 0.6, 0.3, 0.0)
   helpfulness_kind: str = "bce"
+  score_chunk_rows: int = 0  # rows per scoring forward (0: the whole batch at once)
 
 
 def full_attention_mask(prompt_mask: jax.Array, response_mask: jax.Array) -> jax.Array:
@@ -77,23 +83,57 @@ class ActorCritic:
     return out["logits"], critic["values"]
 
 
+def map_rows(fn, rows: Any, chunk_rows: int) -> Any:
+  """`fn(rows)` computed `chunk_rows` rows at a time (`lax.map`), equal to one call on every row.
+
+  `fn` maps a tree of [B, ...] arrays to a tree of [B, ...] arrays, each row depending only on its own
+  input row. Chunk i holds rows i, i + k, i + 2k, ... (k chunks), as `parallel.split_microbatches`
+  splits them, so every chunk of a batch-split array stays spread over all its devices. 0, or a
+  chunk as large as the batch, calls `fn` once.
+  """
+  b = jax.tree.leaves(rows)[0].shape[0]
+  if not chunk_rows or chunk_rows >= b:
+    return fn(rows)
+  if b % chunk_rows:
+    raise ValueError(f"score_chunk_rows={chunk_rows} does not divide the rollout batch of {b} rows")
+  chunks = b // chunk_rows
+  out = jax.lax.map(fn, parallel.split_microbatches(rows, chunks))
+  # [k, B / k, ...] back to [B, ...]: row r of the batch is row r // k of chunk r % k.
+  return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape((b,) + x.shape[2:]), out)
+
+
 def score_policy(actor: ActorCritic, params, ref_params, batch: dict, cfg: RolloutConfig) -> dict:
   """Old log-probs and values (policy and critic) and reference log-probs on the sampled sequences.
 
   `ref_params` are parameters of `actor.policy_model` (the frozen copy of the starting policy).
+  Computed `cfg.score_chunk_rows` rows at a time (see `map_rows`).
   """
   n = batch["response_mask"].shape[1]
-  responses = batch["sequences"][:, -n:]
 
-  def response_logprobs(logits):
-    return models.token_logprobs(logits[:, -n - 1:-1].astype(jnp.float32), responses, cfg.temperature)
+  def score(rows):
+    responses = rows["sequences"][:, -n:]
 
-  logits, values = actor.forward(params, batch["sequences"], batch["attention_mask"])
-  values = jnp.zeros(responses.shape, jnp.float32) if values is None else values[:, -n - 1:-1]
-  ref = actor.policy_model.apply({"params": ref_params}, batch["sequences"], attention_mask=batch["attention_mask"])
-  mask = batch["response_mask"]
-  return {"old_logprobs": response_logprobs(logits) * mask, "values": values.astype(jnp.float32) * mask,
-          "ref_logprobs": response_logprobs(ref["logits"]) * mask}
+    def response_logprobs(logits):
+      return models.token_logprobs(logits[:, -n - 1:-1].astype(jnp.float32), responses, cfg.temperature)
+
+    logits, values = actor.forward(params, rows["sequences"], rows["attention_mask"])
+    values = jnp.zeros(responses.shape, jnp.float32) if values is None else values[:, -n - 1:-1]
+    ref = actor.policy_model.apply({"params": ref_params}, rows["sequences"],
+                                   attention_mask=rows["attention_mask"])
+    mask = rows["response_mask"]
+    return {"old_logprobs": response_logprobs(logits) * mask, "values": values.astype(jnp.float32) * mask,
+            "ref_logprobs": response_logprobs(ref["logits"]) * mask}
+
+  rows = {k: batch[k] for k in ("sequences", "attention_mask", "response_mask")}
+  return map_rows(score, rows, cfg.score_chunk_rows)
+
+
+def score_rows(scorer: Any, params, batch: dict, intent, inputs, cfg: RolloutConfig) -> dict:
+  """The on-device grader's per-row outputs, `cfg.score_chunk_rows` rows at a time (see `map_rows`)."""
+  rows = {"batch": {k: batch[k] for k in ("sequences", "attention_mask", "response_mask")},
+          "intent": intent, "inputs": inputs}
+  return map_rows(lambda r: scorer(params, r["batch"], r["intent"], r["inputs"], cfg), rows,
+                  cfg.score_chunk_rows)
 
 
 def score_reward_model(rm_model, rm_params, batch: dict, intent: jax.Array | None, cfg: RolloutConfig) -> dict:
@@ -184,7 +224,7 @@ def make_rollout(actor: ActorCritic, scorer: Any, cfg: RolloutConfig):
   def rollout(params, ref_params, scorer_params, prompts, prompt_mask, intent, rng, scorer_inputs=None):
     batch = sample(actor.policy_model, actor.policy_params(params), prompts, prompt_mask, rng, cfg)
     batch.update(score_policy(actor, params, ref_params, batch, cfg))
-    batch.update(scorer(scorer_params, batch, intent, scorer_inputs, cfg))
+    batch.update(score_rows(scorer, scorer_params, batch, intent, scorer_inputs, cfg))
     return batch
 
   return rollout
