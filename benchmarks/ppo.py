@@ -1,24 +1,24 @@
 """One PPO iteration (rollout + update) at the demo config's size: safecomp vs PyTorch baselines.
 
-safecomp: the fused step of `safecomp.training.ppo.run_ppo` with the reward-model grader (sampling
-with the KV cache, policy/reference log-probs and values, reward-model heads, then all epochs x
-minibatches of `ppo_update`, one compiled computation), on random weights and random left-padded
-prompts.
+safecomp: the step `safecomp.training.ppo.run_ppo` compiles with the reward-model grader, built by
+the same `build_ppo_step` (sampling with the KV cache, policy/reference log-probs, values from the
+critic the config names in `ppo.critic`, reward-model heads, then all epochs x minibatches of
+`ppo_update`, one compiled computation), on one device, random weights and random left-padded prompts.
 
 Baselines, on the same model size, prompts, response length and PPO hyper-parameters:
 - `trl`: TRL's `PPOTrainer` (`trl.experimental.ppo`), when an installed TRL still ships it. It keeps
   the value function in a separate model (its own trunk) and scores with a sequence-classification
-  reward model, so it does more work per iteration than the shared-trunk value head here.
+  reward model.
 - `torch`: a plain PyTorch loop doing the same work as safecomp: HF `generate` (sampling, KV cache,
-  stop at EOS), policy (with a value head on the shared trunk) / reference / reward-model forwards,
-  GAE, then `epochs x minibatches` clipped PPO updates with AdamW and global-norm clipping.
+  stop at EOS), policy / critic (a value head on the policy's trunk, or a trunk of its own, as
+  `ppo.critic` says) / reference / reward-model forwards, GAE, then `epochs x minibatches` clipped PPO
+  updates with AdamW and global-norm clipping.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import dataclasses
-import functools
 import importlib
 import io
 import os
@@ -27,13 +27,11 @@ import time
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
 from safecomp import models
-from safecomp.rl import ppo as ppo_lib
-from safecomp.training import loop as loop_lib
+from safecomp import parallel
 from safecomp.training import ppo as ppo_stage
 from safecomp.training import rollout as rollout_lib
 
@@ -52,6 +50,7 @@ class PPOSide:
   note: str = ""
   error: Optional[str] = None
   threads: Optional[int] = None  # torch intra-op threads (PyTorch sides)
+  critic: Optional[str] = None  # "shared" (value head on the policy's trunk) or "separate" (own trunk)
 
 
 @dataclasses.dataclass
@@ -63,6 +62,7 @@ class PPOResult:
   epochs: int
   minibatches: int
   sides: list
+  critic: str  # `ppo.critic` of the measured step: "shared" (value head on the policy) or "separate"
   xla_bytes: Optional[int] = None
 
 
@@ -90,60 +90,48 @@ def random_prompts(n: int, width: int, vocab_size: int,
 
 
 # -------------------------------------------------------------------------------------- safecomp
+CRITIC_NOTES = {"shared": "value head on the policy's trunk", "separate": "critic with its own trunk"}
+
+
 def safecomp_iteration(c, vocab_size: int, prompts: np.ndarray, prompt_mask: np.ndarray,
                        min_reps: int, max_reps: int,
                        target_s: float) -> tuple[PPOSide, Optional[int]]:
-  """Times the fused rollout + update step exactly as `run_ppo` wires it (reward-model grader)."""
-  policy_model = models.Transformer(policy_config(c, vocab_size, ("lm", "value")))
-  rm_model = models.Transformer(policy_config(c, vocab_size, ("severity", "helpfulness")))
-  # One initialisation with every head, split between the two models (the reward model shares the
-  # policy's random trunk; speed does not depend on the values, and it saves a compilation).
-  every_head = models.init_params(
-      policy_config(c, vocab_size, ("lm", "value", "severity", "helpfulness")), jax.random.key(3))
-  policy_params = {k: v for k, v in every_head.items()
-                   if k not in ("severity_head", "helpfulness_head")}
-  rm_params = {k: v for k, v in every_head.items() if k not in ("lm_head", "value_head")}
-  ref_params = policy_params
+  """Times the fused rollout + update step `run_ppo` compiles (reward-model grader, `ppo.critic`)."""
+  if c.reward.grader != "rm":
+    raise ValueError("the PPO benchmark times the reward-model grader inside the compiled rollout (reward.grader='rm')")
+  mesh = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  actor = ppo_stage.abstract_actor_critic(c, vocab_size)
+  rm_model = models.Transformer(parallel.model_config_from(c, ("severity", "helpfulness"), vocab_size=vocab_size))
+  step = ppo_stage.build_ppo_step(c, actor, rollout_lib.RewardModelScorer(rm_model), mesh,
+                                  stop_ids=(EOS,), pad_id=PAD)
+  init = lambda model, seed: models.init_params(model.config, jax.random.key(seed))
+  policy_params = init(actor.policy_model, 3)
+  params = policy_params if actor.critic_model is None else {
+      "policy": policy_params, "critic": init(actor.critic_model, 4)}
+  state, _ = parallel.init_sharded_state(step.create, params, step.param_shardings, mesh)
+  ref_params = parallel.place(policy_params, step.ref_shardings)
+  rm_params = parallel.place(init(rm_model, 5), step.scorer_shardings)
+  batch = {"prompts": prompts, "prompt_mask": prompt_mask, "intent": np.zeros((len(prompts),), np.int32),
+           "step": np.int32(0)}
+  batch = parallel.put_batch(batch, step.batch_shardings)
 
-  cfg = ppo_stage.ppo_config(c, EOS)
-  tx = loop_lib.make_optimizer(c.ppo, c.ppo.iterations * c.ppo.epochs * c.ppo.num_minibatches)
-  state = ppo_lib.create_rl_state(policy_params, tx, cfg)
-  roll_cfg = rollout_lib.RolloutConfig(
-      max_new_tokens=c.ppo.max_new_tokens, eos_id=EOS, pad_id=PAD, temperature=c.ppo.temperature,
-      reward_kind=c.reward.kind, severity_to_safety=tuple(c.reward.severity_to_safety),
-      helpfulness_kind=c.rm.helpfulness_loss)
-
-  actor = rollout_lib.ActorCritic(policy_model)
-  update = functools.partial(ppo_lib.ppo_update, forward_fn=actor.forward, config=cfg)
-  rollout = rollout_lib.make_rollout(actor, rm_model, roll_cfg)
-  base_key = jax.random.key(c.seed * 1000 + 77)
-
-  @jax.jit
-  def fused_step(state, batch, ref_params, rm_params):
-    roll_key, update_key = jax.random.split(jax.random.fold_in(base_key, batch["step"]))
-    roll = rollout(state.params, ref_params, rm_params, batch["prompts"], batch["prompt_mask"],
-                   batch["intent"], roll_key)
-    new_state, metrics = update(state, roll, rng=update_key)
-    return new_state, metrics
-
-  batch = {"prompts": jnp.asarray(prompts), "prompt_mask": jnp.asarray(prompt_mask),
-           "intent": jnp.zeros((len(prompts),), jnp.int32), "step": jnp.int32(0)}
   t0 = time.perf_counter()
-  compiled = common.compile_lowered(fused_step.lower(state, batch, ref_params, rm_params))
+  compiled = common.compile_lowered(step.fused.lower(state, batch, ref_params, rm_params))
   compile_s = time.perf_counter() - t0
   holder = {"state": state, "step": 0, "lengths": []}
 
   def call():
     holder["step"] += 1
-    b = dict(batch, step=jnp.int32(holder["step"]))
+    b = dict(batch, step=parallel.put_batch(np.int32(holder["step"]), step.batch_shardings["step"]))
     holder["state"], metrics = compiled(holder["state"], b, ref_params, rm_params)
     holder["lengths"].append(metrics["response_length"])
     return metrics
 
   timing = common.measure_adaptive(call, min_reps, max_reps, target_s)
   length = float(np.mean(jax.device_get(holder["lengths"])))
-  return (PPOSide("safecomp (JAX, fused rollout + update)", timing=timing, setup_s=compile_s,
-                  response_tokens=length, note="setup = XLA compilation"),
+  return (PPOSide("safecomp (JAX, fused rollout + update)", timing=timing, critic=c.ppo.critic,
+                  setup_s=compile_s, response_tokens=length,
+                  note=f"{CRITIC_NOTES[c.ppo.critic]}; setup = XLA compilation"),
           common.xla_bytes(compiled))
 
 
@@ -249,7 +237,7 @@ def trl_iteration(c, vocab_size: int, prompts: np.ndarray, iterations: int, seed
   if len(diffs) < 2:
     return PPOSide(name, error=f"TRL ran {len(diffs)} iteration(s); need at least 2")
   return PPOSide(name, timing=common.Timing(times=diffs[1:], first=diffs[0]), setup_s=setup_s,
-                 threads=threads,
+                 threads=threads, critic="separate",
                  note="value model is a separate trunk; reward model is a sequence classifier; "
                       "setup = trainer construction")
 
@@ -260,6 +248,7 @@ class TorchPPO:
 
   def __init__(self, c, vocab_size: int, prompts: np.ndarray, prompt_mask: np.ndarray,
                seed: int = 0):
+    """`c.ppo.critic`: "shared" puts the value head on the policy's trunk, "separate" on a trunk of its own."""
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
     self.torch = torch
@@ -269,16 +258,21 @@ class TorchPPO:
     torch.manual_seed(seed)
     self.policy = transformers.LlamaForCausalLM(_hf_config(config)).float()
     self.value_head = torch.nn.Linear(config.hidden_size, 1)
+    self.critic_trunk = (transformers.LlamaModel(_hf_config(config)).float()
+                         if c.ppo.critic == "separate" else None)
     self.ref = copy.deepcopy(self.policy).eval()
     self.rm_trunk = transformers.LlamaModel(_hf_config(config)).float().eval()
     self.severity_head = torch.nn.Linear(config.hidden_size, 4)
     self.helpfulness_head = torch.nn.Linear(config.hidden_size, 1)
     for module in (self.ref, self.rm_trunk, self.severity_head, self.helpfulness_head):
       module.requires_grad_(False)
-    for module in (self.policy, self.value_head, self.ref, self.rm_trunk, self.severity_head,
-                   self.helpfulness_head):
-      module.to(device)
+    for module in (self.policy, self.value_head, self.critic_trunk, self.ref, self.rm_trunk,
+                   self.severity_head, self.helpfulness_head):
+      if module is not None:
+        module.to(device)
     self.params = list(self.policy.parameters()) + list(self.value_head.parameters())
+    if self.critic_trunk is not None:
+      self.params += list(self.critic_trunk.parameters())
     p = c.ppo
     self.opt = torch.optim.AdamW(self.params, lr=p.learning_rate, betas=(0.9, 0.95),
                                  weight_decay=p.get("weight_decay", 0.0))
@@ -304,6 +298,8 @@ class TorchPPO:
   def _policy(self, seq, mask, n):
     hidden = self._trunk_outputs(self.policy.model, seq, mask)[:, -n - 1:-1]
     logits = self.policy.lm_head(hidden).float() / self.c.ppo.temperature
+    if self.critic_trunk is not None:
+      hidden = self._trunk_outputs(self.critic_trunk, seq, mask)[:, -n - 1:-1]
     return logits, self.value_head(hidden).squeeze(-1)
 
   def _logp(self, logits, tokens):
@@ -385,9 +381,9 @@ def torch_side(c, vocab_size: int, prompts: np.ndarray, prompt_mask: np.ndarray,
   setup_s = time.perf_counter() - t0
   threads = common.set_torch_threads(torch_threads, runner.probe)
   timing = common.measure_adaptive(runner.iteration, min_reps, max_reps, target_s)
-  return PPOSide("plain PyTorch loop (HF modules, same work)", timing=timing,
+  return PPOSide("plain PyTorch loop (HF modules, same work)", timing=timing, critic=c.ppo.critic,
                  response_tokens=float(np.mean(runner.lengths)), threads=threads, setup_s=setup_s,
-                 note="shared-trunk value head, like safecomp; HF generate stops at EOS; "
+                 note=f"{CRITIC_NOTES[c.ppo.critic]}, like safecomp; HF generate stops at EOS; "
                       "setup = model construction")
 
 
@@ -413,10 +409,10 @@ def run_ppo(c, vocab_size: int = DEMO_VOCAB, baselines: tuple = ("trl", "torch")
                                  torch_threads=threads))
     except Exception as e:  # pylint: disable=broad-except
       sides.append(PPOSide("TRL PPOTrainer", error=f"{e.__class__.__name__}: {e}"))
-  return PPOResult(config=policy_config(c, vocab_size, ("lm", "value")),
+  return PPOResult(config=policy_config(c, vocab_size, ("lm",)),
                    prompts=p.prompts_per_iteration, prompt_len=c.max_prompt_len,
                    new_tokens=p.max_new_tokens, epochs=p.epochs, minibatches=p.num_minibatches,
-                   sides=sides, xla_bytes=xla)
+                   sides=sides, critic=p.critic, xla_bytes=xla)
 
 
 def ppo_table(result: PPOResult) -> str:
@@ -424,10 +420,10 @@ def ppo_table(result: PPOResult) -> str:
   rows = []
   for side in result.sides:
     if side.timing is None:
-      rows.append((side.name, "n/a", "n/a", "", "", "", "", side.error or ""))
+      rows.append((side.name, side.critic or "", "n/a", "n/a", "", "", "", "", side.error or ""))
       continue
     ratio = side.timing.median / ours.timing.median
-    rows.append((side.name, common.fmt_s(side.timing.median),
+    rows.append((side.name, side.critic or "", common.fmt_s(side.timing.median),
                  "1.00x" if side is ours else f"{ratio:.2f}x (safecomp faster)" if ratio >= 1
                  else f"{1 / ratio:.2f}x (baseline faster)",
                  f"{side.response_tokens:.1f}" if side.response_tokens is not None else "n/a",
@@ -435,5 +431,5 @@ def ppo_table(result: PPOResult) -> str:
                  f"{len(side.timing.times)} ({side.timing.spread:.0%})",
                  "" if side.threads is None else side.threads, side.note))
   return common.markdown_table(
-      ["implementation", "s / iteration (median)", "time vs safecomp", "tokens / response",
+      ["implementation", "critic", "s / iteration (median)", "time vs safecomp", "tokens / response",
        "setup", "reps (spread)", "torch threads", "notes"], rows)

@@ -1,4 +1,6 @@
 """`benchmarks/run.py` runs end to end at the tiniest sizes (`--smoke`); timings are not checked."""
+import dataclasses
+
 import pytest
 
 from benchmarks import ppo as ppo_bench
@@ -29,8 +31,21 @@ def test_ppo_section_runs_safecomp_and_the_pytorch_loop():
   rows = [line for line in report.splitlines() if line.startswith(("| safecomp", "| plain"))]
   assert len(rows) == 2
   for row in rows:
-    seconds_per_iteration = row.split("|")[2].strip()
-    assert seconds_per_iteration != "n/a", row
+    cells = [cell.strip() for cell in row.split("|")]
+    assert cells[2] == run.demo_config().ppo.critic == "separate", row  # the critic that was measured
+    assert cells[3] != "n/a", row  # seconds per iteration
+  assert "| implementation | critic |" in report
+
+
+def test_ppo_benchmark_times_the_configured_critic():
+  c = run.demo_config(run.SMOKE.ppo_overrides + (("ppo.critic", "shared"),))
+  prompts, mask = ppo_bench.random_prompts(c.ppo.prompts_per_iteration, c.max_prompt_len, run.SMOKE.ppo_vocab)
+  side, _ = ppo_bench.safecomp_iteration(c, run.SMOKE.ppo_vocab, prompts, mask, 1, 1, 0.0)
+  assert side.critic == "shared" and side.timing is not None
+  result = ppo_bench.PPOResult(config=ppo_bench.policy_config(c, run.SMOKE.ppo_vocab, ("lm",)), prompts=4,
+                               prompt_len=6, new_tokens=3, epochs=1, minibatches=2, sides=[side], critic="shared")
+  assert dataclasses.asdict(result)["critic"] == "shared"
+  assert "| safecomp (JAX, fused rollout + update) | shared |" in ppo_bench.ppo_table(result)
 
 
 @pytest.mark.skipif(ppo_bench.trl_unavailable_reason() is not None,
