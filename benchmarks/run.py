@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import os
 import pathlib
 import sys
@@ -118,7 +119,7 @@ def log(message: str):
 
 
 # ---------------------------------------------------------------------------------------- sections
-def section_sft(sizes: Sizes, out: list) -> None:
+def section_sft(sizes: Sizes, out: list, data: dict) -> None:
   # Accelerators need larger products than a CPU to reach their peak.
   n = sizes.peak_n if jax.default_backend() == "cpu" or sizes.name == "smoke" else max(
       sizes.peak_n, 8192)
@@ -131,6 +132,7 @@ def section_sft(sizes: Sizes, out: list) -> None:
     log(f"sft: {name} model, batch {batch} x {seq_len}")
     results.append(sft_lib.sft_step(name, cfg, batch, seq_len, sizes.min_reps, sizes.max_reps,
                                      sizes.target_s))
+  data["sft"] = {"matmul_peak": peaks, "steps": results}
   out.append("## Dense-matmul peak (this machine, this run)\n")
   out.append(sft_lib.peak_table(peaks))
   out.append("")
@@ -148,12 +150,13 @@ def section_sft(sizes: Sizes, out: list) -> None:
   out.append("")
 
 
-def section_generate(sizes: Sizes, out: list, torch_threads: Any) -> None:
+def section_generate(sizes: Sizes, out: list, data: dict, torch_threads: Any) -> None:
   log(f"generate: batches {sizes.gen_batches}")
   results = generation_lib.run_generation(
       sizes.gen_shape, sizes.gen_batches, sizes.gen_prompt_len, sizes.gen_new_tokens,
       sizes.min_reps, sizes.max_reps, sizes.target_s, torch_threads=torch_threads)
   shape = sizes.gen_shape
+  data["generate"] = results
   out.append("## Generation with the KV cache: safecomp `generate` (jitted) vs HF `generate`\n")
   out.append(f"Same weights (random `LlamaForCausalLM`, d={shape.hidden_size} L={shape.num_layers} "
              f"H={shape.num_heads}/{shape.num_kv_heads} hd={shape.head_dim} "
@@ -184,7 +187,7 @@ def demo_config(overrides: Sequence[tuple] = ()):
   return c
 
 
-def section_ppo(sizes: Sizes, out: list, torch_threads: Any, baselines: Optional[Sequence[str]]):
+def section_ppo(sizes: Sizes, out: list, data: dict, torch_threads: Any, baselines: Optional[Sequence[str]]):
   c = demo_config(sizes.ppo_overrides)
   baselines = tuple(baselines) if baselines is not None else sizes.ppo_baselines
   log(f"ppo: {c.ppo.prompts_per_iteration} prompts x {c.ppo.max_new_tokens} new tokens, "
@@ -195,8 +198,10 @@ def section_ppo(sizes: Sizes, out: list, torch_threads: Any, baselines: Optional
   shown = "`configs/demo.py`" + (
       " with " + ", ".join(f"{k}={v}" for k, v in sizes.ppo_overrides) if sizes.ppo_overrides
       else "")
+  data["ppo"] = result
   out.append("## One PPO iteration (rollout + update), demo config\n")
-  out.append(f"{shown}: policy {common.describe(result.config)} (+ value head), reward model of "
+  out.append(f"{shown}: policy {common.describe(result.config)}, {result.critic} critic "
+             f"(`ppo.critic`), reward model of "
              f"the same size, {result.prompts} prompts (left-padded to {result.prompt_len}), up to "
              f"{result.new_tokens} new tokens (sampled, temperature {c.ppo.temperature}), "
              f"{result.epochs} epochs x {result.minibatches} minibatches, random weights. safecomp "
@@ -210,11 +215,12 @@ def section_ppo(sizes: Sizes, out: list, torch_threads: Any, baselines: Optional
   out.append("")
 
 
-def section_scaling(sizes: Sizes, out: list) -> None:
+def section_scaling(sizes: Sizes, out: list, data: dict) -> None:
   log(f"scaling: seq {sizes.scaling_seq_lens} x batch {sizes.scaling_batches}")
   cells = sft_lib.scaling(sizes.scaling_config, sizes.scaling_seq_lens, sizes.scaling_batches,
                           sizes.scaling_max_tokens, max(sizes.min_reps - 1, 1),
                           max(sizes.max_reps // 2, 1), sizes.target_s / 2)
+  data["scaling"] = cells
   out.append("## SFT step time vs sequence length and batch size\n")
   out.append(f"Small config ({common.describe(sizes.scaling_config)}); cells above "
              f"{sizes.scaling_max_tokens} tokens per step are skipped to bound the run time.\n")
@@ -244,6 +250,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       help="skip scaling cells with more tokens per step (default: 8192; "
                            "--quick: 2048)")
   parser.add_argument("--output", default=None, help="also write the Markdown report to this file")
+  parser.add_argument("--json", default=None, help="also write every measurement as JSON to this file")
   args = parser.parse_args(argv)
   sections = [s.strip() for s in args.sections.split(",") if s.strip()]
   unknown = sorted(set(sections) - set(SECTIONS))
@@ -278,18 +285,18 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
   out = [f"# safecomp benchmarks ({sizes.name} sizes)\n",
          f"Measured {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} with `{command}`.\n",
          common.markdown_table(["machine", ""], list(info.items())), ""]
-  load_rows = []
+  load_rows, data = [], {"command": command, "machine": info}
   for section in args.sections:
     before = common.load_average()
     t0 = time.perf_counter()
     if section == "sft":
-      section_sft(sizes, out)
+      section_sft(sizes, out, data)
     elif section == "generate":
-      section_generate(sizes, out, args.torch_threads)
+      section_generate(sizes, out, data, args.torch_threads)
     elif section == "ppo":
-      section_ppo(sizes, out, args.torch_threads, args.ppo_baselines)
+      section_ppo(sizes, out, data, args.torch_threads, args.ppo_baselines)
     elif section == "scaling":
-      section_scaling(sizes, out)
+      section_scaling(sizes, out, data)
     load_rows.append((section, common.fmt_s(time.perf_counter() - t0), before,
                       common.load_average()))
   out.append("## Run\n")
@@ -303,7 +310,25 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
   print(report)
   if args.output:
     pathlib.Path(args.output).write_text(report, encoding="utf-8")
+  if args.json:
+    data["run"] = [dict(zip(("section", "wall_time", "load_before", "load_after"), row)) for row in load_rows]
+    pathlib.Path(args.json).write_text(json.dumps(_jsonable(data), indent=1) + "\n", encoding="utf-8")
   return report
+
+
+def _jsonable(obj: Any) -> Any:
+  """Result dataclasses, tuples and numpy scalars as plain JSON values (configs as their repr)."""
+  if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+    return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+  if isinstance(obj, dict):
+    return {str(k): _jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_jsonable(v) for v in obj]
+  if isinstance(obj, (str, int, float, bool)) or obj is None:
+    return obj
+  if hasattr(obj, "item"):
+    return obj.item()
+  return repr(obj)
 
 
 if __name__ == "__main__":

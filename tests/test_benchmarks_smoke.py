@@ -1,5 +1,6 @@
 """`benchmarks/run.py` runs end to end at the tiniest sizes (`--smoke`); timings are not checked."""
 import dataclasses
+import json
 
 import pytest
 
@@ -7,14 +8,17 @@ from benchmarks import ppo as ppo_bench
 from benchmarks import run
 
 
-def test_sft_and_scaling_sections_print_their_tables():
-  report = run.main(["--smoke", "--sections", "sft,scaling"])
+def test_sft_and_scaling_sections_print_their_tables(tmp_path):
+  report = run.main(["--smoke", "--sections", "sft,scaling", "--json", str(tmp_path / "bench.json")])
   assert "## Dense-matmul peak" in report
   assert "| float32 64x64 @ 64x64 |" in report
   assert "## SFT step" in report and "MFU" in report
   assert "## SFT step time vs sequence length and batch size" in report
   assert "skipped (token cap)" in report
   assert "## Run" in report and "| sft |" in report and "| scaling |" in report
+  data = json.loads((tmp_path / "bench.json").read_text())
+  assert data["sft"]["steps"] and data["sft"]["matmul_peak"][0]["flops_per_s"] > 0
+  assert data["scaling"] and [row["section"] for row in data["run"]] == ["sft", "scaling"]
 
 
 def test_generate_section_compares_with_hugging_face():
