@@ -1,8 +1,11 @@
 """Entry point: `python -m safecomp.train --config configs/demo.py [--config.key=value] --workdir DIR`.
 
 Runs the stages named in `config.stages` (sft, rm, ppo, eval) in order. Each stage checkpoints into
-`DIR/<stage>/` and is skipped when its checkpoint is complete, so rerunning the same command resumes
-where it stopped. The config is printed and saved as `DIR/config.json` at start.
+`DIR/<stage>/`, records the config it is trained with in `DIR/<stage>/config.json`, and is skipped
+when it is complete, so rerunning the same command resumes where it stopped. A rerun whose config
+differs for a finished stage (in a key that can change its result) stops at start-up naming the keys;
+`--retrain_from=STAGE` trains that stage and every later one again, moving their old results to
+`DIR/replaced/`. The config is printed and saved as `DIR/config.json` at start.
 """
 from __future__ import annotations
 
@@ -16,6 +19,10 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (a .py with get_config).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and reports go.")
+_RETRAIN_FROM = flags.DEFINE_string(
+    "retrain_from", None, "Train this stage (sft, rm, ppo or eval; one of config.stages) and every later "
+    "stage again, although complete, e.g. after changing their config; their old results move to "
+    "WORKDIR/replaced/.")
 
 
 _STATE = {"flags_parsed": False}
@@ -33,7 +40,7 @@ def _main(argv):
     print("error: --workdir is required", file=sys.stderr)
     return 2
   try:
-    pipeline.run(_CONFIG.value, _WORKDIR.value)
+    pipeline.run(_CONFIG.value, _WORKDIR.value, retrain_from=_RETRAIN_FROM.value)
   except SafecompError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -315,8 +315,27 @@ def test_no_readable_checkpoint_says_what_to_do(tmp_path):
 def test_cli_checkpoint_from_another_config_names_the_key(interrupted):
   run = Run(interrupted["workdir"], interrupted["cache"], "--config.model.hidden_size=48")
   assert run.wait() != 0
-  assert "different config: model.hidden_size=32, this run has model.hidden_size=48" in run.stderr
+  assert "model.hidden_size: trained with 32, this run has 48" in run.stderr
   assert "Traceback" not in run.stderr
+
+
+def test_a_stage_that_stops_on_an_error_shows_only_that_error(tmp_path):
+  """No orbax traceback ("cannot schedule new futures after interpreter shutdown") after the real error.
+
+  The reward-model stage finds no finished SFT stage and stops at once, while the SFT directory holds
+  many leftover entries (set-aside unreadable steps) for orbax's start-up scan of temporary
+  directories: a scan still running in its own thread at exit printed that traceback.
+  """
+  workdir = tmp_path / "run"
+  for i in range(2000):
+    (workdir / "sft" / f"unreadable.{i}.20260101-000000").mkdir(parents=True)
+  result = subprocess.run([sys.executable, "-m", "safecomp.train", "--config", f"{DEMO}:size=tiny",
+                           "--config.stages=('rm',)", "--workdir", str(workdir)],
+                          cwd=REPO_ROOT, env=_env(tmp_path / "jax_cache"), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+  assert result.returncode == 1
+  assert "error: stage 'sft' has no complete checkpoint" in result.stderr
+  assert "cannot schedule new futures" not in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
 # -- NaN / inf ---------------------------------------------------------------------------------------

@@ -72,8 +72,27 @@ def test_rerun_skips_completed_stages(demo_run, capsys):
 
 def test_checkpoint_from_another_model_config_is_refused(demo_run):
   workdir, _ = demo_run
-  with pytest.raises(CheckpointError, match="different config: model"):
+  with pytest.raises(CheckpointError, match="model.hidden_size: trained with 32, this run has 48"):
     pipeline.run(tiny_config(**{"model.hidden_size": 48}), workdir)
+
+
+@pytest.mark.parametrize("key,old,new", [("reward.kind", "product", "sum"), ("ppo.learning_rate", 1e-4, 3e-4),
+                                         ("seed", 0, 1)])
+def test_a_rerun_with_another_config_stops_naming_the_key(demo_run, key, old, new):
+  """A finished stage is never reused under another config, and the workdir's record stays as it was."""
+  workdir, _ = demo_run
+  saved = (workdir / "config.json").read_text()
+  with pytest.raises(CheckpointError) as info:
+    pipeline.run(tiny_config(**{key: new}), workdir)
+  message = str(info.value)
+  line = f"{key}: trained with {old!r}, this run has {new!r}"
+  first = "sft" if key == "seed" else "ppo"
+  for stage in pipeline.STAGES:
+    listed = pipeline.STAGES.index(stage) >= pipeline.STAGES.index(first)
+    assert (f"stage {stage!r} (complete; its config: {workdir / stage / 'config.json'}):" in message) == listed
+  assert message.count(line) == len(pipeline.STAGES) - pipeline.STAGES.index(first)
+  assert f"--retrain_from={first}" in message
+  assert (workdir / "config.json").read_text() == saved
 
 
 def test_refusal_arm_runs_with_the_oracle_grader(tmp_path):
@@ -111,6 +130,13 @@ def test_cli_out_of_range_value(tmp_path):
   result = _cli("--config", f"{DEMO}:size=tiny", "--workdir", str(tmp_path), "--config.sft.learning_rate=-1",
                 cwd=REPO_ROOT)
   assert result.returncode != 0 and "sft.learning_rate" in result.stderr
+
+
+def test_cli_retrain_from_is_checked_at_start_up(tmp_path):
+  result = _cli("--config", f"{DEMO}:size=tiny", "--workdir", str(tmp_path / "run"), "--retrain_from=dpo",
+                cwd=REPO_ROOT)
+  assert result.returncode == 1 and "--retrain_from=dpo: unknown stage" in result.stderr
+  assert not (tmp_path / "run").exists()
 
 
 def _write_jsonl(path, rows):

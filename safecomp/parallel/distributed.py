@@ -19,6 +19,7 @@ import logging
 from typing import Any, Mapping
 
 import jax
+from jax.experimental import multihost_utils
 
 from safecomp.config import require
 
@@ -68,8 +69,22 @@ def maybe_initialize_distributed(config: Any) -> bool:
 
 
 def is_main_process() -> bool:
-  """True on the process that writes logs, reports and (orbax coordinates) checkpoints."""
+  """True on the process that writes the workdir's shared files: metrics, reports, configs, markers.
+
+  Every process runs the same computations (and collectives) in the same order; orbax coordinates
+  the checkpoint writes of all of them itself.
+  """
   return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+  """Returns once every process has reached `sync(name)`; a no-op in a single-process run.
+
+  Between the main process writing a shared file and another process reading it (or the main process
+  changing files the others are still reading).
+  """
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def _has(config: Any, key: str) -> bool:

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ import orbax.checkpoint as ocp
 from safecomp.errors import CheckpointError
 
 DONE_FILE = "DONE.json"
+CONFIG_FILE = "config.json"  # the full config the stage was trained with
 
 
 class StageCheckpointer:
@@ -26,9 +28,14 @@ class StageCheckpointer:
   def __init__(self, directory: str | os.PathLike, fingerprint: dict | None = None, max_to_keep: int = 2):
     self.directory = pathlib.Path(directory).absolute()
     self.fingerprint = fingerprint or {}
+    self.closed = False
+    # orbax's own clean-up of temporary step directories runs in a thread that only `save` waits for:
+    # a process that stops on an error before saving prints "cannot schedule new futures after
+    # interpreter shutdown" from that thread. The same clean-up, done here, leaves no thread behind.
+    _remove_temporary_steps(self.directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False,
-        cleanup_tmp_directories=True)
+        cleanup_tmp_directories=False)
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
   # -- queries -------------------------------------------------------------------------------------
@@ -51,6 +58,21 @@ class StageCheckpointer:
     # Step 0 marks a stage that keeps no state of its own (eval): DONE.json alone completes it.
     return step == 0 or step in self.steps()
 
+  def has_state(self) -> bool:
+    """Whether the stage trained anything here: complete, or checkpointed part of the way."""
+    return self.is_done() or bool(self.steps())
+
+  def recorded_config(self) -> dict | None:
+    """The config the stage was trained with (`CONFIG_FILE`), or None when it recorded none."""
+    path = self.directory / CONFIG_FILE
+    if not path.is_file():
+      return None
+    try:
+      return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+      raise CheckpointError(f"{path}: unreadable record of the stage's config ({e}); restore it or "
+                            f"retrain the stage") from None
+
   def done_meta(self) -> dict:
     """The completed stage's summary; raises if it was written under another config."""
     meta = json.loads((self.directory / DONE_FILE).read_text())
@@ -64,12 +86,14 @@ class StageCheckpointer:
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
     self._manager.wait_until_finished()
 
+  def record_config(self, text: str):
+    """Writes the config the stage is trained with (JSON text) beside its checkpoints."""
+    record_config(self.directory, text)
+
   def mark_done(self, step: int, summary: dict | None = None):
     """Writes DONE.json atomically: the stage is complete at `step` and can be skipped on rerun."""
-    tmp = self.directory / (DONE_FILE + ".tmp")
-    tmp.write_text(json.dumps(dict(summary or {}, step=int(step), fingerprint=self.fingerprint), indent=2,
-                              sort_keys=True))
-    os.replace(tmp, self.directory / DONE_FILE)
+    _write_atomically(self.directory / DONE_FILE, json.dumps(
+        dict(summary or {}, step=int(step), fingerprint=self.fingerprint), indent=2, sort_keys=True))
 
   # -- reading -------------------------------------------------------------------------------------
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
@@ -145,7 +169,33 @@ class StageCheckpointer:
             f"this run has {key}={new!r}. Use another --workdir or restore the old config.")
 
   def close(self):
-    self._manager.close()
+    """Finishes outstanding work and releases orbax's resources; idempotent."""
+    if not self.closed:
+      self.closed = True
+      self._manager.close()
+
+
+def record_config(directory: str | os.PathLike, text: str):
+  """Writes a stage's config record (`CONFIG_FILE`) atomically, without opening its checkpoints."""
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  _write_atomically(directory / CONFIG_FILE, text)
+
+
+def _write_atomically(path: pathlib.Path, text: str):
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text, encoding="utf-8")
+  os.replace(tmp, path)
+
+
+def _remove_temporary_steps(directory: pathlib.Path):
+  """Deletes step directories a killed run left half-written (orbax's temporary names), on process 0."""
+  if jax.process_index() != 0 or not directory.is_dir():
+    return
+  for tmp in ocp.utils.tmp_checkpoints(directory):
+    path = pathlib.Path(str(tmp.get() if hasattr(tmp, "get") else directory / tmp))
+    logging.info("removing the unfinished checkpoint %s", path)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def first_difference(key: str, old: Any, new: Any) -> tuple[str, Any, Any] | None:

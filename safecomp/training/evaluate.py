@@ -17,6 +17,7 @@ from safecomp import graders as graders_lib
 from safecomp.eval import plots
 from safecomp.eval import report as report_lib
 from safecomp.eval import stats
+from safecomp.parallel.distributed import is_main_process
 from safecomp.training import generation
 from safecomp.training import ppo as ppo_stage
 from safecomp.training import rollout as rollout_lib
@@ -95,7 +96,9 @@ def run_eval(p) -> dict:
   c = p.config
   tok = p.tokenizer
   out_dir = p.workdir / "eval"
-  out_dir.mkdir(parents=True, exist_ok=True)
+  writes = is_main_process()  # every process answers and grades; one writes the shared workdir
+  if writes:
+    out_dir.mkdir(parents=True, exist_ok=True)
   cfg = rollout_lib.RolloutConfig(max_new_tokens=c.eval.max_new_tokens, eos_id=p.stop_ids, pad_id=tok.pad_id,
                                   greedy=c.eval.greedy, temperature=1.0)
   all_prompts = p.task.eval_prompts()
@@ -118,9 +121,10 @@ def run_eval(p) -> dict:
     if rm_grader is not None:
       add_proxy_rewards(records, rm_grader, prompts, texts, to_safety)
     all_records[name] = records
-    with (out_dir / f"{name}_completions.jsonl").open("w") as f:
-      for r in records:
-        f.write(json.dumps(r) + "\n")
+    if writes:
+      with (out_dir / f"{name}_completions.jsonl").open("w") as f:
+        for r in records:
+          f.write(json.dumps(r) + "\n")
     graded = graded_only(records)
     summaries[name] = stats.summarize(graded, by="intent", n_boot=c.eval.bootstrap, seed=c.seed)
     for split in sets:
@@ -133,14 +137,16 @@ def run_eval(p) -> dict:
                                            metric, by="intent", names=("sft", "ppo"), n_boot=c.eval.bootstrap,
                                            seed=c.seed)
                    for metric in PAIRED_METRICS]
-  _plot_ppo_curves(p.workdir, out_dir)
   headline = {name: summaries[name] for name in policies}
   title = f"Evaluation on {p.task.describe()} (grader: {graders_lib.full_name(grader)})"
   data = p.task.data_report()
-  report_lib.write_report(headline, out_dir, comparisons=comparisons, title=title, data=data)
-  for split in sets:
-    report_lib.write_report({name: summaries[f"{name}/{split}"] for name in policies}, out_dir / "by_set" / split,
-                            plots=False, title=f"Evaluation on {split} (grader: {graders_lib.full_name(grader)})")
+  if writes:
+    _plot_ppo_curves(p.workdir, out_dir)
+    report_lib.write_report(headline, out_dir, comparisons=comparisons, title=title, data=data)
+    for split in sets:
+      report_lib.write_report({name: summaries[f"{name}/{split}"] for name in policies},
+                              out_dir / "by_set" / split, plots=False,
+                              title=f"Evaluation on {split} (grader: {graders_lib.full_name(grader)})")
   print(f"{title}\n" + report_lib.format_table(headline), flush=True)
   summary: dict[str, Any] = {f"{name}_gold_reward": summaries[name]["overall"]["gold_reward"]["value"]
                              for name in policies}

@@ -11,6 +11,8 @@ from typing import Any, Mapping
 import numpy as np
 import tqdm
 
+from safecomp.parallel.distributed import is_main_process
+
 
 def _scalar(value: Any) -> float | None:
   try:
@@ -23,18 +25,27 @@ def _scalar(value: Any) -> float | None:
 
 
 class MetricWriter:
-  """Appends `{"step": s, **scalars}` rows to `<workdir>/metrics/<stage>.jsonl` and to TensorBoard."""
+  """Appends `{"step": s, **scalars}` rows to `<workdir>/metrics/<stage>.jsonl` and to TensorBoard.
+
+  Every process of a multi-host run computes the same rows; only process 0 writes them into the shared
+  workdir, so each step appears once.
+  """
 
   def __init__(self, workdir: str | pathlib.Path, stage: str, tensorboard: bool = True):
     self.path = pathlib.Path(workdir) / "metrics" / f"{stage}.jsonl"
-    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self.writes = is_main_process()
     self._tb = None
+    if not self.writes:
+      return
+    self.path.parent.mkdir(parents=True, exist_ok=True)
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
       self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard" / stage))
 
   def truncate_after(self, step: int):
     """Drops rows past `step` (written by a run that died before its next checkpoint)."""
+    if not self.writes:
+      return
     rows = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
     tmp = self.path.with_name(self.path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -49,13 +60,15 @@ class MetricWriter:
       row[key] = scalar if math.isfinite(scalar) else str(scalar)
       if self._tb is not None and math.isfinite(scalar):
         self._tb.add_scalar(key, scalar, int(step))
-    with self.path.open("a", encoding="utf-8") as f:
-      f.write(json.dumps(row) + "\n")
+    if self.writes:
+      with self.path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
     return row
 
   def close(self):
     if self._tb is not None:
       self._tb.close()
+      self._tb = None
 
 
 def read_metrics(path: str | pathlib.Path) -> list[dict]:

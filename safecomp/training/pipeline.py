@@ -8,11 +8,13 @@ the models, the mesh and the graders.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import os
 import pathlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import jax
 import ml_collections
@@ -27,6 +29,7 @@ from safecomp.tasks import files as task_files
 from safecomp import testbed
 from safecomp import tokenizers
 from safecomp.errors import CheckpointError, ConfigError
+from safecomp.parallel import distributed
 from safecomp.rewards import composite
 from safecomp.training import evaluate as eval_stage
 from safecomp.training import generation
@@ -35,11 +38,34 @@ from safecomp.training import ppo as ppo_stage
 from safecomp.rewards import reward_model as rm_lib
 from safecomp.training import rm as rm_stage
 from safecomp.training import sft as sft_stage
-from safecomp.training.checkpoints import StageCheckpointer, first_difference
+from safecomp.training.checkpoints import CONFIG_FILE, StageCheckpointer, first_difference, record_config
 
 STAGES = ("sft", "rm", "ppo", "eval")
 # Config keys that decide the shapes of every checkpoint: stored with it, checked on restore.
 SHAPE_KEYS = ("model", "testbed.world_seed", "max_seq_len")
+# What can change a stage's result. Keys that cannot: which stages run, how often a stage logs, evaluates
+# and saves, how the same arithmetic is laid out over devices and processes, where public sets are
+# cached and how a grader server is reached. Changing them never invalidates a finished stage.
+NEUTRAL_KEYS = (
+    "stages", "arm", "mesh", "distributed", "checkpoint", "max_consecutive_nonfinite",
+    "task.data_dir", "task.public_manual_dir", "task.allow_testbed_with_pretrained",
+    "sft.microbatches", "sft.log_every", "sft.eval_every", "sft.checkpoint_every",
+    "rm.microbatches", "rm.log_every", "rm.checkpoint_every",
+    "ppo.log_every", "ppo.gold_every", "ppo.checkpoint_every", "ppo.score_chunk_rows",
+    "http.api_key_env", "http.concurrency", "http.cache_dir", "http.timeout_s", "http.max_retries")
+# The first stage each key can change; a stage depends on every key of the stages before it as well.
+# A key named nowhere counts from SFT on, so a key added to the configs later is never overlooked.
+COUNTED_FROM = {
+    "rm": ("rm", "testbed.n_rm", "testbed.n_rm_eval", "testbed.rm_candidates_per_prompt", "task.train_prompts",
+           "ppo.max_new_tokens", "eval.batch_size"),  # length and batching of the SFT policy's samples
+    "ppo": ("ppo", "reward", "testbed.n_rl_prompts", "eval.grader"),  # eval.grader: gold monitoring
+    "eval": ("eval",),
+}
+# Grader sections count from the first stage that grades with that grader.
+GRADER_SECTIONS = ("judge", "http", "oracle")
+RETRAIN_FLAG = "--retrain_from"
+REPLACED_DIR = "replaced"  # where --retrain_from moves the results it replaces
+
 # Graders by role: what each config key may name.
 REWARD_GRADERS = ("rm", "judge", "http", "oracle")
 LABELERS = ("judge", "http", "oracle")
@@ -174,6 +200,7 @@ class Pipeline:
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.fingerprint = config_lib.fingerprint_keys(config, SHAPE_KEYS)
     self._graders: dict[str, Any] = {}
+    self._checkpointers: dict[str, StageCheckpointer] = {}
 
   # -- shared resources ----------------------------------------------------------------------------
   @functools.cached_property
@@ -189,8 +216,10 @@ class Pipeline:
     path = self.workdir / "tokenizer.json"
     if self.config.model.init_from:
       return tokenizers.load_tokenizer(self.config.model.init_from)
-    if not path.is_file():
-      tokenizers.word_level_tokenizer(testbed.make_world(self.config.testbed.world_seed).vocabulary()).save(str(path))
+    if not path.is_file():  # written once, whole: other processes and tools read the same file
+      tmp = path.with_name(f"tokenizer.{os.getpid()}.tmp.json")
+      tokenizers.word_level_tokenizer(testbed.make_world(self.config.testbed.world_seed).vocabulary()).save(str(tmp))
+      os.replace(tmp, path)
     return tokenizers.load_tokenizer(str(path))
 
   @functools.cached_property
@@ -241,8 +270,18 @@ class Pipeline:
 
   # -- checkpoints ---------------------------------------------------------------------------------
   def checkpointer(self, stage: str) -> StageCheckpointer:
-    return StageCheckpointer(self.workdir / stage, fingerprint=self.fingerprint,
-                             max_to_keep=self.config.checkpoint.max_to_keep)
+    """The stage's checkpointer, one per stage until `close`."""
+    ckpt = self._checkpointers.get(stage)
+    if ckpt is None or ckpt.closed:
+      ckpt = self._checkpointers[stage] = StageCheckpointer(
+          self.workdir / stage, fingerprint=self.fingerprint, max_to_keep=self.config.checkpoint.max_to_keep)
+    return ckpt
+
+  def close(self):
+    """Closes the checkpointers (orbax finishes its work), so a run that stops on an error exits cleanly."""
+    checkpointers, self._checkpointers = list(self._checkpointers.values()), {}
+    for ckpt in checkpointers:
+      ckpt.close()
 
   def final_params(self, stage: str, abstract_state: Any) -> Any:
     ckpt = self.checkpointer(stage)
@@ -325,6 +364,162 @@ STAGE_FNS: dict[str, Callable[[Pipeline], dict]] = {
 }
 
 
+# -- what each stage was trained with --------------------------------------------------------------
+def _plain(config: ml_collections.ConfigDict) -> dict:
+  """The config as the JSON records hold it (tuples as lists)."""
+  return json.loads(config_lib.to_json(config))
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict[str, Any]:
+  """{dotted key: value} of every leaf of a nested dict."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      out.update(_leaves(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _lookup(tree: dict, key: str) -> Any:
+  for part in key.split("."):
+    if not isinstance(tree, dict) or part not in tree:
+      return None
+    tree = tree[part]
+  return tree
+
+
+def _named(key: str, entries: Iterable[str]) -> bool:
+  return any(key == e or key.startswith(e + ".") for e in entries)
+
+
+def graders_by_stage(config: dict) -> dict[str, set[str]]:
+  """{stage: the graders it grades with} under `config` (a plain dict)."""
+  get = functools.partial(_lookup, config)
+  return {"sft": set(), "rm": {get("rm.labeler")} if get("rm.policy_samples_per_prompt") else set(),
+          "ppo": {get("reward.grader"), get("eval.grader")}, "eval": {get("eval.grader")}}
+
+
+def first_stage(key: str, configs: Iterable[dict]) -> str | None:
+  """The first stage whose result the dotted leaf `key` can change under any of `configs`; None if none.
+
+  A stage's result depends on the keys of its own stage and of every stage before it.
+  """
+  if _named(key, NEUTRAL_KEYS):
+    return None
+  section = key.split(".")[0]
+  if section in GRADER_SECTIONS:
+    used = [graders_by_stage(c) for c in configs]
+    return next((stage for stage in STAGES if any(section in u[stage] for u in used)), None)
+  return next((stage for stage in STAGES[1:] if _named(key, COUNTED_FROM[stage])), "sft")
+
+
+def config_differences(stage: str, recorded: dict, config: dict) -> list[tuple[str, Any, Any]]:
+  """(key, recorded value, this run's value) of every key that can change `stage` and differs.
+
+  Keys the record lacks are not differences: a key added to the configs later, at its default, must
+  not orphan every earlier run. Both configs are plain dicts (`_plain`).
+  """
+  old, new = _leaves(recorded), _leaves(config)
+  upto = STAGES.index(stage)
+  found = []
+  for key in sorted(old.keys() & new.keys()):
+    first = first_stage(key, (recorded, config))
+    if first is not None and STAGES.index(first) <= upto and old[key] != new[key]:
+      found.append((key, old[key], new[key]))
+  return found
+
+
+def stale_reason(stage: str, recorded: dict, config: dict) -> str | None:
+  """Why a finished stage cannot stand for this run although no key of it differs, or None."""
+  if stage == "eval" and "ppo" in config["stages"] and "ppo" not in (recorded.get("stages") or ()):
+    return "evaluated no PPO policy (its run had no 'ppo' in config.stages) and this run trains one"
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class StagePlan:
+  """What the workdir holds, read at start-up before anything is written."""
+  trained: dict[str, bool]  # the stage trained something here (complete or checkpointed)
+  done: dict[str, bool]  # the stage is complete and is skipped
+  backfill: dict[str, dict]  # finished stages with no record of their own: the workdir's config.json
+  replace: tuple[str, ...]  # stages whose results --retrain_from sets aside
+
+
+def _workdir_config(workdir: pathlib.Path) -> dict | None:
+  path = workdir / "config.json"
+  try:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+  except ValueError:
+    return None
+
+
+def plan_stages(p: Pipeline, retrain_from: str | None = None) -> StagePlan:
+  """Reads every stage's state and recorded config; raises when a finished stage was trained with a
+  config this run contradicts (a key that can change it differs), so nothing is silently reused.
+
+  Stages from `retrain_from` on are not checked: the run sets their results aside and trains them
+  again. A stage trained before stages recorded their own config is checked against the workdir's
+  `config.json`, the config of the last run.
+  """
+  config = _plain(p.config)
+  replace = STAGES[STAGES.index(retrain_from):] if retrain_from else ()
+  trained, done, backfill, problems = {}, {}, {}, []
+  legacy = _workdir_config(p.workdir)
+  for stage in STAGES:
+    # Only existing stage directories are opened: opening one creates it.
+    ckpt = p.checkpointer(stage) if (p.workdir / stage).is_dir() else None
+    trained[stage] = ckpt is not None and ckpt.has_state() and stage not in replace
+    done[stage] = trained[stage] and ckpt.is_done()
+    if not trained[stage]:
+      continue
+    recorded = ckpt.recorded_config()
+    where = ckpt.directory / CONFIG_FILE
+    if recorded is None and legacy is not None:
+      recorded, where = legacy, p.workdir / "config.json"
+      backfill[stage] = legacy
+    if recorded is None:
+      continue  # nothing to compare with: the checkpoints' shape fingerprints still guard
+    lines = [f"    {key}: trained with {old!r}, this run has {new!r}"
+             for key, old, new in config_differences(stage, recorded, config)]
+    reason = stale_reason(stage, recorded, config) if done[stage] else None
+    if reason:
+      lines.append(f"    {reason}")
+    if lines:
+      state = "complete" if done[stage] else f"checkpointed up to step {ckpt.latest_step()}"
+      problems.append((stage, f"  stage {stage!r} ({state}; its config: {where}):\n" + "\n".join(lines)))
+  if problems:
+    first = problems[0][0]
+    raise CheckpointError(
+        f"{p.workdir} holds results trained with a different config; nothing was run.\n"
+        + "\n".join(text for _, text in problems)
+        + f"\nRerun with the recorded values, use another --workdir, or pass {RETRAIN_FLAG}={first} to train "
+        f"{first!r} and every later stage again (their current results are moved to "
+        f"{p.workdir / REPLACED_DIR}/).")
+  if retrain_from != "sft":
+    _check_workdir_config(p)
+  return StagePlan(trained=trained, done=done, backfill=backfill, replace=replace)
+
+
+def _set_aside(workdir: pathlib.Path, stages: Iterable[str]) -> tuple[pathlib.Path, list[str]]:
+  """Moves the results of `stages` (and the tokenizer, with SFT) under `replaced/<time>/`.
+
+  Returns the folder and the stages that had results there. Main process only.
+  """
+  target = workdir / REPLACED_DIR / time.strftime("%Y%m%d-%H%M%S")
+  moved = []
+  for stage in stages:
+    paths = [pathlib.Path(stage), pathlib.Path("metrics") / f"{stage}.jsonl", pathlib.Path("tensorboard") / stage]
+    if stage == "sft":
+      paths.append(pathlib.Path("tokenizer.json"))
+    for path in paths:
+      if (workdir / path).exists():
+        (target / path).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(workdir / path, target / path)
+        moved += [] if stage in moved else [stage]
+  return target, moved
+
+
 def _check_workdir_config(p: Pipeline):
   """Refuses a workdir whose saved config has other shapes (model, world, lengths) than this run's."""
   path = p.workdir / "config.json"
@@ -340,32 +535,76 @@ def _check_workdir_config(p: Pipeline):
     if found is not None:
       name, was, now = found
       raise CheckpointError(f"{p.workdir} was written with a different config: {name}={was!r}, this run has "
-                            f"{name}={now!r}. Use another --workdir or restore the old config.")
+                            f"{name}={now!r}. Use another --workdir, restore the old config, or pass "
+                            f"{RETRAIN_FLAG}=sft to train every stage again.")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, dict]:
-  """Runs every stage in `config.stages`, skipping those already complete; returns their summaries."""
+def check_retrain_from(config: ml_collections.ConfigDict, retrain_from: str | None):
+  if retrain_from is None:
+    return
+  if retrain_from not in STAGES:
+    raise ConfigError(f"{RETRAIN_FLAG}={retrain_from}: unknown stage; expected one of {STAGES}")
+  if retrain_from not in config.stages:
+    raise ConfigError(f"{RETRAIN_FLAG}={retrain_from}: the stage is not in config.stages {tuple(config.stages)}, "
+                      f"so this run would not train it again")
+
+
+def _start(p: Pipeline, plan: StagePlan, text: str):
+  """The main process's writes at start-up: set aside what is retrained, record the config."""
+  if plan.replace:
+    target, moved = _set_aside(p.workdir, plan.replace)
+    if moved:
+      print(f"[{RETRAIN_FLAG[2:]}] the results of {', '.join(moved)} moved to {target}", flush=True)
+  for stage, recorded in plan.backfill.items():  # (opening a checkpointer here would wait for the others)
+    record_config(p.workdir / stage, json.dumps(recorded, indent=2, sort_keys=True))
+  (p.workdir / "config.json").write_text(text)
+  if not p.config.model.init_from:
+    _ = p.tokenizer  # writes DIR/tokenizer.json, which the other processes then read
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+        retrain_from: str | None = None) -> dict[str, dict]:
+  """Runs every stage in `config.stages`, skipping those already complete; returns their summaries.
+
+  A finished stage is only skipped when this config agrees with the one it was trained with (every key
+  that can change it); otherwise the run stops at start-up, naming the keys. `retrain_from` (a stage
+  in `config.stages`) sets aside the results of that stage and every later one and trains them again.
+  On a multi-host run every process runs the same computations; only process 0 writes the workdir's
+  shared files (configs, metrics, reports, DONE markers).
+  """
   validate(config)
+  check_retrain_from(config, retrain_from)
   parallel.maybe_initialize_distributed(config)  # before any other JAX call touches devices
   p = Pipeline(config, workdir)
-  check_batches(config, p.mesh)
-  _check_workdir_config(p)  # before config.json is overwritten: it is the workdir's record
-  text = config_lib.to_json(config)
-  print(f"safecomp config (saved to {p.workdir / 'config.json'}):\n{config}", flush=True)
-  (p.workdir / "config.json").write_text(text)
-  summaries = {}
-  for stage in config.stages:
-    ckpt = p.checkpointer(stage)
-    if ckpt.is_done():
-      print(f"[{stage}] complete in {ckpt.directory}; skipping", flush=True)
-      summaries[stage] = ckpt.done_meta()
-      continue
-    start = time.time()
-    print(f"[{stage}] starting", flush=True)
-    summary = STAGE_FNS[stage](p)
-    summary["seconds"] = round(time.time() - start, 1)
-    ckpt.mark_done(ckpt.latest_step() or 0, summary)
-    summaries[stage] = summary
-    print(f"[{stage}] done in {summary['seconds']}s: "
-          + json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float))}), flush=True)
-  return summaries
+  try:
+    check_batches(config, p.mesh)
+    plan = plan_stages(p, retrain_from)
+    p.close()  # stage directories may move; every process reopens them from here on
+    text = config_lib.to_json(config)
+    distributed.sync("safecomp_plan")  # every process has read the workdir before it changes
+    if distributed.is_main_process():
+      _start(p, plan, text)
+    distributed.sync("safecomp_start")
+    print(f"safecomp config (saved to {p.workdir / 'config.json'}):\n{config}", flush=True)
+    summaries = {}
+    for stage in config.stages:
+      ckpt = p.checkpointer(stage)
+      if plan.done[stage]:
+        print(f"[{stage}] complete in {ckpt.directory}; skipping", flush=True)
+        summaries[stage] = ckpt.done_meta()
+        continue
+      if distributed.is_main_process() and (not plan.trained[stage] or ckpt.recorded_config() is None):
+        ckpt.record_config(text)  # what its checkpoints are trained with, before the first one
+      start = time.time()
+      print(f"[{stage}] starting", flush=True)
+      summary = STAGE_FNS[stage](p)
+      summary["seconds"] = round(time.time() - start, 1)
+      if distributed.is_main_process():
+        ckpt.mark_done(ckpt.latest_step() or 0, summary)
+      distributed.sync(f"safecomp_{stage}_done")  # later stages read DONE.json
+      summaries[stage] = summary
+      print(f"[{stage}] done in {summary['seconds']}s: "
+            + json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float))}), flush=True)
+    return summaries
+  finally:
+    p.close()

@@ -13,6 +13,7 @@ from flax.training import train_state
 from safecomp import graders as graders_lib
 from safecomp import models
 from safecomp.errors import ConfigError
+from safecomp.parallel.distributed import is_main_process
 from safecomp.parallel.step import accumulate_gradients
 from safecomp.rewards import reward_model as rm_lib
 from safecomp.training import batching
@@ -179,7 +180,8 @@ def run_rm(p) -> dict:
     on_policy_report = rm_report(batching.take(predictions, on_policy), batching.take(held, on_policy))
     report.update({f"policy_{k}": v for k, v in on_policy_report.items() if not isinstance(v, list)})
   report["labels"] = labels
-  (p.workdir / "rm" / "eval.json").write_text(json.dumps(report, indent=2))
+  if is_main_process():  # one writer of the shared workdir
+    (p.workdir / "rm" / "eval.json").write_text(json.dumps(report, indent=2))
   writer.write(c.rm.steps, {f"eval_{k}": v for k, v in report.items() if not isinstance(v, dict)})
   writer.close()
   print(f"[rm] held-out severity accuracy {report['severity_accuracy']:.3f}, ECE {report['severity_ece']:.3f}, "

@@ -9,11 +9,16 @@ Each process owns `local_devices` CPU devices; together they form a data=2 x fsd
 process loads only its own rows of the global batch (`parallel.host_rows`), runs one sharded SFT
 step, and writes `result_<id>.json` (loss, rows it loaded); process 0 also writes the gathered
 updated parameters to `params.npz`.
+
+With `--workdir DIR --stages sft,rm` each process instead runs `pipeline.run` of the tiny demo config
+into the shared DIR, and `result_<id>.json` lists the files of DIR the process wrote itself (seen by
+an audit hook; the checkpoint step directories, which orbax writes from every process, are left out).
 """
 import argparse
 import json
 import os
 import pathlib
+import re
 import sys
 
 import jax
@@ -40,6 +45,53 @@ def optimizer():
                      optax.adamw(1e-3, b1=0.9, b2=0.95, weight_decay=0.01))
 
 
+def record_writes(workdir: pathlib.Path) -> list[str]:
+  """Starts recording the files under `workdir` this process opens for writing, renames or deletes."""
+  root = str(workdir.resolve())
+  written = []
+  # Checkpoint steps (and orbax's temporary ones) are written by every process, by design.
+  orbax = re.compile(r"^[a-z]+/(\d+|[^/]*orbax-checkpoint-tmp[^/]*)(/|$)")
+  write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+  def note(path):
+    if isinstance(path, (str, bytes, os.PathLike)):
+      path = os.path.abspath(os.fsdecode(path))
+      if path.startswith(root + os.sep):
+        relative = path[len(root) + 1:]
+        if not orbax.match(relative):
+          written.append(relative)
+
+  def hook(event, args):
+    if event == "open" and args[0] is not None:
+      mode, flags = args[1], args[2]
+      if (isinstance(mode, str) and set(mode) & set("wax+")) or (mode is None and flags & write_flags):
+        note(args[0])
+    elif event in ("os.rename", "os.remove", "shutil.rmtree"):
+      note(args[0])
+      if event == "os.rename":
+        note(args[1])
+
+  sys.addaudithook(hook)
+  return written
+
+
+def run_pipeline(args):
+  """`pipeline.run` of the tiny demo config, this process being one of `num_processes`."""
+  from safecomp import config as config_lib  # pylint: disable=import-outside-toplevel
+  from safecomp.training import pipeline  # pylint: disable=import-outside-toplevel
+  workdir = pathlib.Path(args.workdir)
+  repo = pathlib.Path(__file__).resolve().parents[2]
+  config = config_lib.load_config(f"{repo / 'configs' / 'demo.py'}:size=tiny", [
+      f"stages={tuple(args.stages.split(','))!r}", "distributed.initialize=True",
+      f"distributed.coordinator_address=127.0.0.1:{args.port}",
+      f"distributed.num_processes={args.num_processes}", f"distributed.process_id={args.process_id}"])
+  written = record_writes(workdir)
+  summaries = pipeline.run(config, workdir)
+  (pathlib.Path(args.out) / f"result_{args.process_id}.json").write_text(json.dumps({
+      "written": sorted(set(written)), "summaries": summaries, "process_count": jax.process_count()},
+      default=str))
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--process_id", type=int, required=True)
@@ -47,9 +99,14 @@ def main():
   parser.add_argument("--port", type=int, required=True)
   parser.add_argument("--local_devices", type=int, default=2)
   parser.add_argument("--out", required=True)
+  parser.add_argument("--workdir", help="run the tiny pipeline into this shared workdir")
+  parser.add_argument("--stages", default="sft")
   args = parser.parse_args()
 
   jax.config.update("jax_num_cpu_devices", args.local_devices)
+  if args.workdir:
+    run_pipeline(args)
+    return
   import ml_collections  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from flax.training import train_state  # pylint: disable=import-outside-toplevel
