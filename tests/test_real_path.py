@@ -70,8 +70,8 @@ def overrides(f, **extra) -> list[str]:
       "max_seq_len": 192, "sft.steps": 3, "sft.batch_size": 4, "sft.microbatches": 1, "sft.eval_every": 3,
       "sft.checkpoint_every": 3, "sft.log_every": 1, "sft.warmup_steps": 0, "rm.steps": 2, "rm.batch_size": 4,
       "rm.microbatches": 1, "rm.checkpoint_every": 2, "rm.log_every": 1, "rm.warmup_steps": 0,
-      "ppo.iterations": 2, "ppo.prompts_per_iteration": 4, "ppo.max_new_tokens": 12, "ppo.epochs": 1,
-      "ppo.num_minibatches": 1, "ppo.gold_every": 1, "ppo.checkpoint_every": 2, "eval.max_new_tokens": 12,
+      "ppo.iterations": 2, "ppo.prompts_per_iteration": 4, "ppo.score_chunk_rows": 2, "ppo.max_new_tokens": 12,
+      "ppo.epochs": 1, "ppo.num_minibatches": 1, "ppo.gold_every": 1, "ppo.checkpoint_every": 2, "eval.max_new_tokens": 12,
       "eval.batch_size": 4, "eval.bootstrap": 20, "judge.batch_size": 12, **extra}
   return [f"--config.{k}={v}" for k, v in out.items()]
 
