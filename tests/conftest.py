@@ -1,7 +1,9 @@
-"""Shared pytest fixtures, and one persistent XLA compilation cache for the whole session.
+"""Shared pytest fixtures; one persistent XLA compilation cache and cheap compiles for the whole session.
 
 Many tests train the same tiny configs (in this process and in subprocesses, which inherit the
 environment); compiling each step once per session instead of once per test keeps the suite short.
+The tests' programs are tiny, so XLA:CPU's expensive LLVM passes cost far more compile time than
+they save at run time (about a fifth of the suite); they change no results the tests check.
 """
 import os
 import pathlib
@@ -15,6 +17,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # set before any test imports
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="safecomp_test_xla_cache_")
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+FAST_XLA = "--xla_llvm_disable_expensive_passes=true --xla_backend_optimization_level=0"
+if FAST_XLA not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_XLA}".strip()
 
 
 @pytest.fixture(scope="session")

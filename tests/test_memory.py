@@ -11,7 +11,6 @@ from safecomp import memory, models, parallel
 from safecomp.config import load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FAST_XLA = "--xla_llvm_disable_expensive_passes=true --xla_backend_optimization_level=0"
 DEMO = "configs/demo.py:size=tiny"
 VOCAB = 128
 
@@ -22,7 +21,7 @@ def demo():
 
 
 def test_cli_compiles_on_simulated_devices(demo):
-  env = dict(os.environ, XLA_FLAGS=FAST_XLA, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
   proc = subprocess.run(
       [sys.executable, "-m", "safecomp.memory", "--config", DEMO, "--vocab_size", str(VOCAB),
        "--mesh", "data=2,fsdp=2,tensor=2", "--json"],

@@ -23,8 +23,6 @@ from safecomp.training.metrics import read_metrics
 from tests.parallel_helpers import multihost_worker as worker
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FAST_XLA = "--xla_llvm_disable_expensive_passes=true --xla_backend_optimization_level=0"
-FAST_COMPILE = {"xla_llvm_disable_expensive_passes": True, "xla_backend_optimization_level": 0}
 TOL = 1e-5
 
 
@@ -40,7 +38,7 @@ def single_process():
   model = models.Transformer(cfg)
   params = jax.device_get(models.init_params(cfg, jax.random.key(0)))
   state = train_state.TrainState.create(apply_fn=None, params=params, tx=worker.optimizer())
-  step = jax.jit(parallel.unjit(sft_lib.make_sft_step(model)), compiler_options=FAST_COMPILE)
+  step = jax.jit(parallel.unjit(sft_lib.make_sft_step(model)))
   new_state, metrics = step(state, worker.sft_batch())
   flat = {jax.tree_util.keystr(path): np.asarray(leaf)
           for path, leaf in jax.tree_util.tree_flatten_with_path(
@@ -51,7 +49,7 @@ def single_process():
 def start_workers(out, *extra):
   """The two worker processes (see multihost_worker.py), writing their results to `out`."""
   port = free_port()
-  env = dict(os.environ, XLA_FLAGS=FAST_XLA, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
   return [subprocess.Popen(
       [sys.executable, str(REPO / "tests" / "parallel_helpers" / "multihost_worker.py"),
        "--process_id", str(i), "--num_processes", "2", "--port", str(port), "--local_devices", "2",

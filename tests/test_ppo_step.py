@@ -29,7 +29,6 @@ from safecomp.training import rollout as rollout_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "demo.py")
-FAST_XLA = "--xla_llvm_disable_expensive_passes=true --xla_backend_optimization_level=0"
 VOCAB, EOS, PAD = 64, 2, 0
 
 
@@ -40,7 +39,7 @@ def tiny(arm="safe_completion", *overrides):
 @pytest.fixture(scope="module")
 def two_devices(tmp_path_factory):
   """The 2-device process, started first so that it runs while the tests below do."""
-  env = dict(os.environ, XLA_FLAGS=FAST_XLA, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
   proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "parallel_helpers" / "ppo_step_devices.py"),
                            str(tmp_path_factory.mktemp("two_devices"))],
                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -25,14 +25,11 @@ from safecomp.training import sft as sft_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HELPERS = REPO / "tests" / "parallel_helpers"
-# Cheaper XLA:CPU compiles for the subprocesses; numerics are unchanged.
-FAST_XLA = "--xla_llvm_disable_expensive_passes=true --xla_backend_optimization_level=0"
 TOL = 1e-5
-FAST_COMPILE = {"xla_llvm_disable_expensive_passes": True, "xla_backend_optimization_level": 0}
 
 
 def subprocess_env(**extra) -> dict:
-  env = dict(os.environ, XLA_FLAGS=FAST_XLA, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
   env.update(extra)
   return env
 
@@ -177,7 +174,7 @@ def test_split_microbatches_is_strided():
 def test_shard_step_with_accumulation_matches_plain_step():
   """A 1-device mesh, 4 token-weighted micro-batches (one without targets) vs one plain pass."""
   cfg, model, params, batch, create = _sft_setup()
-  plain = jax.jit(parallel.unjit(sft_lib.make_sft_step(model)), compiler_options=FAST_COMPILE)
+  plain = jax.jit(parallel.unjit(sft_lib.make_sft_step(model)))
   ref_state, ref_metrics = plain(create(params), batch)
   mesh = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
   state, shardings = parallel.init_sharded_state(
@@ -185,8 +182,7 @@ def test_shard_step_with_accumulation_matches_plain_step():
   batch_sh = parallel.batch_shardings(batch, mesh)
   assert parallel.host_rows(batch_sh["tokens"], 8).tolist() == list(range(8))
   step = parallel.shard_step(parallel.sft_step_fn(model, microbatches=4), mesh,
-                             parallel.DEFAULT_RULES, shardings, batch_sh,
-                             compiler_options=FAST_COMPILE)
+                             parallel.DEFAULT_RULES, shardings, batch_sh)
   new_state, metrics = step(state, batch)
   for key in ("loss", "token_accuracy", "target_tokens", "grad_norm"):
     np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-5, err_msg=key)
