@@ -59,6 +59,9 @@ def test_every_stage_runs_and_reports(demo_run):
     assert (workdir / "eval" / png).stat().st_size > 0
   table = (workdir / "eval" / "eval.md").read_text()
   assert "dual_use" in table and "malicious" in table and "benign" in table
+  # Eval prompts are disjoint from every training split, and the report says so.
+  assert summaries["eval"]["eval_training_overlap"] == 0 == report["data"]["eval_training_overlap"]
+  assert report["data"]["eval_prompts"] > 0
 
 
 def test_rerun_skips_completed_stages(demo_run, capsys):

@@ -186,7 +186,8 @@ def test_shard_step_with_accumulation_matches_plain_step():
   new_state, metrics = step(state, batch)
   for key in ("loss", "token_accuracy", "target_tokens", "grad_norm"):
     np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-5, err_msg=key)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+  # Four partial sums round differently from one: parameters agree to float32 accumulation noise.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=TOL),
                jax.device_get(new_state.params), jax.device_get(ref_state.params))
   assert state.params["embed"]["embedding"].is_deleted()  # donated
   target = parallel.abstract_like(new_state.params)  # e.g. a checkpoint restore target
