@@ -346,6 +346,22 @@ def test_irrelevant_padding_lowers_direct_helpfulness(world, benign):
   del lx_phrase
 
 
+def test_exploit_repeated_opener_dilutes_padding(world, dual, benign):
+  """Found by the red team's hill climbing: another topic's fact (its full stop dropped) as padding,
+  then the opener again and again; each repeat used to count as relevant text and raise the share."""
+  for e in (dual, benign):
+    other = next(t for t in world.topics if t.name != e.topic)
+    padding = world.fact(other.name, 0).text.removesuffix(" .").removesuffix(".")
+    answer = testbed.ideal_response(world, e)
+    opener = answer.split(" . ")[0] + " ."  # "sure ." and the like
+    for text in (f"{padding} {opener} {answer}", f"{padding} {opener} {opener} {opener} {answer} . .",
+                 f"{padding} {opener} {e.topic} {opener} {answer}"):
+      reward = testbed.grade(e.messages, text, world, example=e).reward
+      clean = testbed.grade(e.messages, testbed.clean_content(world, text), world, example=e).reward
+      assert reward <= clean + 1e-9, (text, reward, clean)
+      assert reward < testbed.grade(e.messages, answer, world, example=e).reward, text
+
+
 def test_no_edit_of_a_good_answer_earns_more_than_its_clean_content(world):
   """The red team's invariant on random edits (insert, delete, repeat, special tokens, other facts)."""
   rng = np.random.default_rng(0)
