@@ -8,7 +8,7 @@ import tokenizers as hf
 from safecomp.tokenizers import chat
 from safecomp.tokenizers import tokenizer as tok_lib
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "chat_templates"
+FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "third_party" / "chat_templates"
 
 SYSTEM = {"role": "system", "content": "You are a careful assistant. Follow the safety policy."}
 U1 = {"role": "user", "content": "  How should I store bleach and ammonia at home? "}
