@@ -1,6 +1,6 @@
 """PPO / GRPO / RLOO math: GAE, KL estimators and controllers, advantages, losses, the update."""
 from safecomp.rl.advantages import (RunningMoments, broadcast_to_tokens, contains_eos, eos_penalty,
-                                    grpo_advantages, init_running_moments, last_token_index,
+                                    grpo_advantages, init_running_moments,
                                     masked_mean, masked_sum, masked_var, masked_whiten,
                                     normalize_scores, rloo_advantages, sequence_kl, token_rewards,
                                     update_running_moments)

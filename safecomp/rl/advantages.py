@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from safecomp.errors import ConfigError
+from safecomp.models.transformer import last_token_index
 from safecomp.rl import kl as kl_lib
 
 
@@ -41,14 +42,6 @@ def masked_whiten(
   mean, var = masked_mean(x, mask), masked_var(x, mask)
   centred = x - mean if shift_mean else x
   return centred * jax.lax.rsqrt(var + eps) * mask.astype(jnp.float32)
-
-
-def last_token_index(mask: jax.Array) -> jax.Array:
-  """[B] index of the last 1 in each row of a [B, N] mask (0 for an all-zero row)."""
-  chex.assert_rank(mask, 2)
-  n = mask.shape[1]
-  last = (n - 1 - jnp.argmax(mask[:, ::-1] > 0, axis=1)).astype(jnp.int32)
-  return last * jnp.any(mask > 0, axis=1)
 
 
 def sequence_kl(
