@@ -22,6 +22,19 @@ if FAST_XLA not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_XLA}".strip()
 
 
+def demo_config(options: str = "size=tiny", **overrides):
+  """configs/demo.py with its `options` ("size=tiny", "arm=refusal,size=tiny", ...) and dotted keys set."""
+  from safecomp import config as config_lib  # pylint: disable=import-outside-toplevel  (after the env above)
+  config = config_lib.load_config(f"{REPO_ROOT / 'configs' / 'demo.py'}:{options}")
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
 @pytest.fixture(scope="session")
 def shared_data_dir() -> pathlib.Path:
   """The public datasets folder (`../shared/data` beside the repository, or $SAFECOMP_SHARED_DATA)."""

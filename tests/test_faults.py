@@ -23,7 +23,6 @@ import pytest
 from safecomp.errors import ConfigError
 from flax.training import train_state
 
-from safecomp import config as config_lib
 from safecomp.errors import CheckpointError
 from safecomp.training import loop as loop_lib
 from safecomp.training import pipeline
@@ -31,7 +30,7 @@ from safecomp.training import ppo as ppo_stage
 from safecomp.training.checkpoints import StageCheckpointer
 from safecomp.training.metrics import MetricWriter, read_metrics
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, demo_config
 
 DEMO = str(REPO_ROOT / "configs" / "demo.py")
 SFT_STEPS, PPO_ITERATIONS = 24, 16
@@ -49,14 +48,7 @@ TIMEOUT = 300
 # -- helpers ---------------------------------------------------------------------------------------
 def _config(**overrides):
   """The config `ARGS` describes, with more overrides (dotted keys)."""
-  config = config_lib.load_config(f"{DEMO}:size=tiny")
-  for key, value in dict(OVERRIDES, **overrides).items():
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config
+  return demo_config(**dict(OVERRIDES, **overrides))
 
 
 def _env(cache_dir):

@@ -10,20 +10,13 @@ from safecomp.errors import CheckpointError, ConfigError
 from safecomp.training import pipeline
 from safecomp.training.metrics import read_metrics
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, demo_config
 
 DEMO = str(REPO_ROOT / "configs" / "demo.py")
 
 
 def tiny_config(arm: str = "safe_completion", **overrides):
-  config = config_lib.load_config(f"{DEMO}:arm={arm},size=tiny")
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config
+  return demo_config(f"arm={arm},size=tiny", **overrides)
 
 
 @pytest.fixture(scope="module")

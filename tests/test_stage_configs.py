@@ -12,20 +12,11 @@ from safecomp.errors import CheckpointError, ConfigError
 from safecomp.training import pipeline
 from safecomp.training.metrics import read_metrics
 
-from tests.conftest import REPO_ROOT
-
-DEMO = str(REPO_ROOT / "configs" / "demo.py")
+from tests.conftest import demo_config
 
 
 def tiny(**overrides):
-  config = config_lib.load_config(f"{DEMO}:size=tiny")
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config
+  return demo_config(**overrides)
 
 
 def files(workdir):
