@@ -26,12 +26,7 @@ def demo_config(options: str = "size=tiny", **overrides):
   """configs/demo.py with its `options` ("size=tiny", "arm=refusal,size=tiny", ...) and dotted keys set."""
   from safecomp import config as config_lib  # pylint: disable=import-outside-toplevel  (after the env above)
   config = config_lib.load_config(f"{REPO_ROOT / 'configs' / 'demo.py'}:{options}")
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 
