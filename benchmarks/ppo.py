@@ -101,7 +101,7 @@ def safecomp_iteration(c, vocab_size: int, prompts: np.ndarray, prompt_mask: np.
     raise ValueError("the PPO benchmark times the reward-model grader inside the compiled rollout (reward.grader='rm')")
   mesh = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
   actor = ppo_stage.abstract_actor_critic(c, vocab_size)
-  rm_model = models.Transformer(parallel.model_config_from(c, ("severity", "helpfulness"), vocab_size=vocab_size))
+  rm_model = models.Transformer(models.model_config_from(c, ("severity", "helpfulness"), vocab_size=vocab_size))
   step = ppo_stage.build_ppo_step(c, actor, rollout_lib.RewardModelScorer(rm_model), mesh,
                                   stop_ids=(EOS,), pad_id=PAD)
   init = lambda model, seed: models.init_params(model.config, jax.random.key(seed))

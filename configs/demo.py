@@ -9,11 +9,16 @@ every stage to seconds (tests, the notebook).
 """
 import ml_collections
 
+from safecomp import config as config_lib
+from safecomp import parallel
+from safecomp import testbed
 from safecomp.graders import config as grader_config
+
+OPTIONS = {"arm": ("safe_completion", "refusal"), "size": ("default", "tiny")}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  options = dict(kv.split("=", 1) for kv in arg.split(",")) if arg else {}
+  options = config_lib.parse_options(arg, OPTIONS, "configs/demo.py")
   arm = options.get("arm", "safe_completion")
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -32,8 +37,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task.public_manual_dir = ""  # a folder of the public sets' source files (<dataset>/...); "" = download
   c.task.allow_testbed_with_pretrained = False  # a pretrained model on pseudo-words is almost always a mistake
 
-  # The world, its spec and data sizes.
-  c.testbed = ml_collections.ConfigDict()
+  # The world (seed and `safecomp.testbed.WorldConfig` fields: categories, severity profiles, intent
+  # and level mix, multi-turn share), its spec and data sizes.
+  c.testbed = config_lib.section_of(testbed.WorldConfig)
   c.testbed.world_seed = 0
   c.testbed.n_sft = 3000
   c.testbed.n_sft_eval = 200
@@ -133,10 +139,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ppo.gamma = 1.0
   c.ppo.lam = 0.95
   c.ppo.kl_coef = 0.05
-  c.ppo.kl_estimator = "k1"
-  c.ppo.adaptive_kl_target = 0.0  # > 0 turns the adaptive controller on
-  c.ppo.adaptive_kl_horizon = 10000
+  c.ppo.kl_estimator = "k1"  # k1 | k2 | k3 (see safecomp.rl.kl)
+  c.ppo.kl_mode = "reward"  # reward: -kl_coef * KL in the rewards; loss: kl_coef * KL in the loss (GRPO style)
+  c.ppo.kl_target = ml_collections.FieldReference(None, field_type=float)  # a number turns the adaptive controller on
+  c.ppo.kl_horizon = 10000.0
   c.ppo.whiten_advantages = True
+  c.ppo.grpo_normalize_std = True  # grpo: divide advantages by the group's std
+  c.ppo.normalize_scores = False  # scale scores by running statistics
+  c.ppo.normalize_scores_shift = True  # ... and centre them on the running mean
   c.ppo.eos_penalty = 1.0  # subtracted from r when a response never emits EOS
   c.ppo.grad_clip = 1.0
   c.ppo.checkpoint_every = 20
@@ -158,9 +168,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.http = grader_config.http_section()
   c.oracle = grader_config.oracle_section()
 
-  # Devices: a (data, fsdp, tensor) mesh; -1 takes the devices left over. See README, "Running on a
-  # TPU pod / GPU cluster".
-  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  # Devices: a (data, fsdp, tensor) mesh; -1 takes the devices left over; `rules` maps the models'
+  # logical axes onto it. See README, "Running on a TPU pod / GPU cluster".
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "rules": parallel.rules_section()})
   c.distributed = ml_collections.ConfigDict({
       "initialize": False, "coordinator_address": "", "num_processes": -1, "process_id": -1,
       "local_device_ids": "", "cpu_collectives": "gloo"})
@@ -170,8 +180,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.max_consecutive_nonfinite = 5
   if options.get("size") == "tiny":
     _shrink_to_tiny(c)
-  elif options.get("size", "default") != "default":
-    raise ValueError(f"configs/demo.py: unknown size {options['size']!r}; expected 'default' or 'tiny'")
   return c
 
 

@@ -71,7 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.update(n_per_split=500, max_new_tokens=512, batch_size=64)
   _real_task().use_prompts_task(c, judge_checkpoint="checkpoints/gemma-7b-it", judge_family="gemma")
 
-  c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": 4, "tensor": 1})
+  c.mesh.update(data=1, fsdp=4, tensor=1)
   # One host: nothing to initialise. (A v4-16 or larger has several hosts: set initialize=True.)
   c.distributed = ml_collections.ConfigDict({
       "initialize": False, "coordinator_address": "", "num_processes": -1, "process_id": -1,

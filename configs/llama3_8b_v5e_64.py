@@ -72,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.update(n_per_split=1000, max_new_tokens=1024, batch_size=256)
   _real_task().use_prompts_task(c, judge_checkpoint="checkpoints/Meta-Llama-3-8B-Instruct", judge_family="llama3")
 
-  c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": 16, "tensor": 4})
+  c.mesh.update(data=1, fsdp=16, tensor=4)
   c.distributed = ml_collections.ConfigDict({
       "initialize": True, "coordinator_address": "", "num_processes": -1, "process_id": -1,
       "local_device_ids": "", "cpu_collectives": "gloo"})

@@ -75,7 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   _real_task().use_prompts_task(c, judge_checkpoint="checkpoints/Qwen2-7B-Instruct", judge_family="qwen2")
 
-  c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})
+  c.mesh.update(data=1, fsdp=1, tensor=1)
   c.distributed = ml_collections.ConfigDict({
       "initialize": False, "coordinator_address": "", "num_processes": -1, "process_id": -1,
       "local_device_ids": "", "cpu_collectives": "gloo"})

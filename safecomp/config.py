@@ -6,12 +6,13 @@ an error naming the closest valid key, and a value of the wrong type is an error
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
 import json
 import pathlib
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
 from absl import flags
 import ml_collections
@@ -134,6 +135,70 @@ def check_keys(config: ml_collections.ConfigDict, allowed: ml_collections.Config
       raise ConfigError(f"unknown config key {full!r}" + (f"; did you mean {hint!r}?" if hint else ""))
     if isinstance(value, ml_collections.ConfigDict) and isinstance(allowed[key], ml_collections.ConfigDict):
       check_keys(value, allowed[key], full + ".")
+
+
+T = TypeVar("T")
+
+
+def dataclass_from(cls: type[T], section: Mapping[str, Any], key: str, **derived: Any) -> T:
+  """`cls(**section)`: the one way a config section becomes its dataclass.
+
+  Every field of the dataclass `cls` is read from the config section `key` under the same name,
+  except the `derived` ones (values the run computes, e.g. token ids from the tokenizer), which are not
+  config keys. Section keys that are not fields belong to the stage that reads the section. A field the
+  section lacks takes the dataclass default (configs saved before the key existed); the dataclass's own
+  checks run here, so a bad value fails at start-up naming `key.field`.
+  """
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = sorted(set(derived) - set(fields))
+  if unknown:
+    raise TypeError(f"{cls.__name__} has no field(s) {unknown}")
+  kwargs = dict(derived)
+  for name, f in fields.items():
+    if name in derived or not f.init:
+      continue
+    if name in section:
+      kwargs[name] = section[name]
+    elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+      raise ConfigError(f"config key {key + '.' + name!r} is missing (a field of {cls.__name__})")
+  try:
+    return cls(**kwargs)
+  except ConfigError as e:
+    field, _, why = str(e).partition(": ")
+    field = field.split("=", 1)[0].rsplit(".", 1)[-1]
+    if field in fields and why:
+      raise ConfigError(f"config key {key + '.' + field!r}: {why} (got {kwargs.get(field)!r})") from None
+    raise ConfigError(f"config section {key!r}: {e}") from None
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config section {key!r}: {e}") from None
+
+
+def section_of(cls: type, *, exclude: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """A config section holding every field of dataclass `cls` at its default (tuples stay tuples)."""
+  instance = cls()
+  return ml_collections.ConfigDict({f.name: getattr(instance, f.name) for f in dataclasses.fields(cls)
+                                    if f.init and f.name not in exclude})
+
+
+def parse_options(arg: str | None, allowed: Mapping[str, Sequence[str] | None], source: str) -> dict[str, str]:
+  """`k=v,k=v` options of a config file argument (`--config file.py:k=v,k=v`).
+
+  `allowed` maps each option to its valid values (None: any value). An unknown option or value is an
+  error naming `source` (the config file).
+  """
+  options = {}
+  for item in (arg or "").split(","):
+    if not item.strip():
+      continue
+    if "=" not in item:
+      raise ConfigError(f"{source}: option {item!r} must look like key=value")
+    name, value = (s.strip() for s in item.split("=", 1))
+    if name not in allowed:
+      raise ConfigError(f"{source}: unknown option {name!r}; expected one of {list(allowed)}")
+    if allowed[name] is not None and value not in allowed[name]:
+      raise ConfigError(f"{source}: option {name}={value!r}; expected one of {list(allowed[name])}")
+    options[name] = value
+  return options
 
 
 def require(condition: bool, key: str, message: str):

@@ -71,7 +71,7 @@ def stage_setup(config: Any, stage: str, vocab_size: int | None = None) -> Stage
   from flax.training import train_state  # pylint: disable=import-outside-toplevel
 
   require(stage in STAGE_HEADS, "stage", f"{stage!r} is not one of {tuple(STAGE_HEADS)}")
-  cfg = parallel.model_config_from(config, STAGE_HEADS[stage], vocab_size=vocab_size)
+  cfg = models.model_config_from(config, STAGE_HEADS[stage], vocab_size=vocab_size)
   model = models.Transformer(cfg)
   length = int(config.max_seq_len)
   tokens = lambda b, t: jax.ShapeDtypeStruct((b, t), jnp.int32)
@@ -105,7 +105,7 @@ def ppo_step(config: Any, mesh: Any, vocab_size: int | None = None):
   grader = config.reward.grader
   scorer = None
   if grader == "rm":
-    rm_config = parallel.model_config_from(config, ("severity", "helpfulness"), vocab_size=vocab_size)
+    rm_config = models.model_config_from(config, ("severity", "helpfulness"), vocab_size=vocab_size)
     scorer = rollout_lib.RewardModelScorer(models.Transformer(rm_config))
   elif grader == "judge":
     # Its rubric prompts' shapes come from the judge's tokenizer and the training prompts.
@@ -234,7 +234,7 @@ def lower_stage(config: Any, mesh_sizes: dict[str, int], *, stage: str = "sft",
     return LoweredStage(stage, cfg, mesh, rules, step.abstract_state, step.state_shardings, frozen, kv,
                         programs, platform, details)
 
-  rules = parallel.axis_rules(dict(config.mesh.get("rules", {})) if "mesh" in config else None)
+  rules = parallel.rules_from_config(config)
   setup = stage_setup(config, stage, vocab_size)
   parallel.check_batch_size(setup.rows, mesh, setup.batch_key, rules)
   if setup.microbatches > 1:

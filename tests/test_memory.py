@@ -45,8 +45,8 @@ def test_plan_counts_sharded_bytes(demo):
   sizes = {"data": 1, "fsdp": 4, "tensor": 2}
   result = memory.plan(demo, sizes, stage="ppo", compile_step=False, vocab_size=VOCAB)
   assert demo.ppo.critic == "separate" and result["critic"] == "separate"
-  lm = parallel.model_config_from(demo, ("lm",), vocab_size=VOCAB)
-  value = parallel.model_config_from(demo, ("value",), vocab_size=VOCAB)
+  lm = models.model_config_from(demo, ("lm",), vocab_size=VOCAB)
+  value = models.model_config_from(demo, ("value",), vocab_size=VOCAB)
   trained = memory.count_params(lm) + memory.count_params(value)
   total = trained * 4
   assert result["model"]["params"] == memory.count_params(lm)

@@ -139,9 +139,9 @@ def test_planner_total_is_the_compiled_run_ppo_step(tmp_path):
   assert list(result["programs"]) == ["rollout+update"] and "compiled" in result
   assert result["total_bytes"] == pytest.approx(run_ppo_bytes, rel=0.01)
   # The separate critic's trunk is trained (parameters and optimizer state), the reward model frozen.
-  lm = parallel.model_config_from(config, ("lm",), vocab_size=p.tokenizer.vocab_size)
-  value = parallel.model_config_from(config, ("value",), vocab_size=p.tokenizer.vocab_size)
-  rm = parallel.model_config_from(config, ("severity", "helpfulness"), vocab_size=p.tokenizer.vocab_size)
+  lm = models.model_config_from(config, ("lm",), vocab_size=p.tokenizer.vocab_size)
+  value = models.model_config_from(config, ("value",), vocab_size=p.tokenizer.vocab_size)
+  rm = models.model_config_from(config, ("severity", "helpfulness"), vocab_size=p.tokenizer.vocab_size)
   assert result["params_bytes"] == 4 * (memory.count_params(lm) + memory.count_params(value))
   assert result["frozen_bytes"] == 4 * (memory.count_params(lm) + memory.count_params(rm))
 
@@ -151,7 +151,7 @@ def test_planner_plans_a_host_grader_as_sampler_then_update():
   result = memory.plan(config, {"data": 2, "fsdp": 1, "tensor": 1}, stage="ppo", vocab_size=VOCAB,
                        compile_step=False)
   assert list(result["programs"]) == ["rollout", "update"] and not result["reward_on_device"]
-  cfg = parallel.model_config_from(config, ("lm", "value"), vocab_size=VOCAB)
+  cfg = models.model_config_from(config, ("lm", "value"), vocab_size=VOCAB)
   assert result["critic"] == "shared" and result["frozen_bytes"] == 4 * memory.count_params(cfg)
   assert result["total_bytes"] == max(x["total_bytes"] for x in result["programs"].values())
   with pytest.raises(ConfigError, match="ppo.prompts_per_iteration"):

@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import pytest
 
-from safecomp import memory, parallel
+from safecomp import memory, models, parallel
 from safecomp.config import load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -79,13 +79,14 @@ def _keys(config: ml_collections.ConfigDict, prefix=""):
 def test_architecture_is_the_public_one(path, compile_process):
   del compile_process  # started here so that it overlaps the tests below
   config = load_config(REPO / path)
-  cfg = parallel.model_config_from(config)
+  cfg = models.model_config_from(config)
   for key, value in CONFIGS[path]["arch"].items():
     assert getattr(cfg, key) == value, key
   assert memory.count_params(cfg) == pytest.approx(CONFIGS[path]["params"], rel=1e-3)
   assert cfg.dtype == "bfloat16" and cfg.param_dtype == "float32"
   assert config.model.init_from  # points at the user's local checkpoint directory
-  assert dict(config.mesh) == CONFIGS[path]["mesh"]
+  assert {axis: config.mesh[axis] for axis in parallel.MESH_AXES} == CONFIGS[path]["mesh"]
+  assert parallel.rules_from_config(config) == parallel.DEFAULT_RULES
 
 
 @pytest.mark.parametrize("path", list(CONFIGS))

@@ -29,6 +29,11 @@ DEMO = REPO / "configs" / "demo.py"
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
+# pylint: disable=wrong-import-position
+from safecomp import config as config_lib
+from safecomp.errors import ConfigError, SafecompError
+# pylint: enable=wrong-import-position
+
 # Training budgets. `default` is the demo's budget cut to 300 SFT steps, 250 reward-model steps, 40 PPO
 # iterations and 200 eval prompts per split, so that the controlled experiment (6 runs) fits well
 # inside an hour on a 2-core CPU (see experiments/ce_refusal_vs_safecomplete/RESULTS.md for the time).
@@ -49,28 +54,16 @@ PAIRED_METRICS = ("safe", "helpfulness", "helpfulness_given_safe", "over_refusal
 
 
 def parse_options(arg: str | None, allowed: Sequence[str], source: str) -> dict[str, str]:
-  """`k=v,k=v` options of a config file argument; an unknown key is an error naming the file."""
-  from safecomp.errors import ConfigError  # pylint: disable=import-outside-toplevel
-  options = {}
-  for item in (arg or "").split(","):
-    if not item.strip():
-      continue
-    if "=" not in item:
-      raise ConfigError(f"{source}: option {item!r} must look like key=value")
-    key, value = (s.strip() for s in item.split("=", 1))
-    if key not in allowed:
-      raise ConfigError(f"{source}: unknown option {key!r}; expected one of {list(allowed)}")
-    options[key] = value
-  if options.get("size") == "tiny":  # the demo's spelling
+  """`k=v,k=v` options of an experiment config's argument (`safecomp.config.parse_options`); the demo's
+  `size=tiny` is accepted as `scale=tiny`."""
+  options = config_lib.parse_options(arg, dict.fromkeys(allowed), source)
+  if options.pop("size", None) == "tiny":  # the demo's spelling
     options.setdefault("scale", "tiny")
-  options.pop("size", None)
   return options
 
 
 def set_key(config, key: str, value: Any, source: str):
   """`config[a][b] = value` for `key` = "a.b"; an unknown key is an error naming it."""
-  from safecomp import config as config_lib  # pylint: disable=import-outside-toplevel
-  from safecomp.errors import ConfigError  # pylint: disable=import-outside-toplevel
   *parents, leaf = key.split(".")
   node = config
   for part in parents:
@@ -86,8 +79,6 @@ def set_key(config, key: str, value: Any, source: str):
 def experiment_config(arm: str = "safe_completion", scale: str = "default",
                       changes: Mapping[str, Any] | None = None, source: str = "experiment config"):
   """`configs/demo.py` for `arm` at `scale`, with `changes` ({"a.b": value}) applied."""
-  from safecomp import config as config_lib  # pylint: disable=import-outside-toplevel
-  from safecomp.errors import ConfigError  # pylint: disable=import-outside-toplevel
   if scale not in SCALES:
     raise ConfigError(f"{source}: unknown scale {scale!r}; expected one of {list(SCALES)}")
   if arm not in ("safe_completion", "refusal"):
@@ -107,7 +98,6 @@ def variant_config(source: str, arg: str | None, variants: Sequence[str], baseli
   """What an ablation config file's `get_config(arg)` returns: options `variant=...` (default
   `baseline`) and `scale=tiny|default|large`; `changes(variant, scale)` gives the config keys to set
   (`arm` picks the demo's arm)."""
-  from safecomp.errors import ConfigError  # pylint: disable=import-outside-toplevel
   options = parse_options(arg, ("variant", "scale", "size"), source)
   variant, scale = options.get("variant", baseline), options.get("scale", "default")
   if variant not in variants:
@@ -164,7 +154,6 @@ def check_out_dir(out: pathlib.Path, identity: dict):
 
 
 def finished(run: Run) -> bool:
-  from safecomp import config as config_lib  # pylint: disable=import-outside-toplevel
   saved = run.workdir / "config.json"
   return ((run.workdir / "eval" / "DONE.json").is_file() and saved.is_file()
           and json.loads(saved.read_text()) == json.loads(config_lib.to_json(run.config)))
@@ -172,7 +161,7 @@ def finished(run: Run) -> bool:
 
 def run_grid(runs: Sequence[Run], log: Callable[[str], None] = print) -> dict[str, float]:
   """Trains every run not finished yet (each stage resumes from its checkpoint); returns seconds."""
-  from safecomp.errors import SafecompError  # pylint: disable=import-outside-toplevel
+  # Config files import this module too; JAX and the training stack load only when runs are trained.
   from safecomp.training import pipeline  # pylint: disable=import-outside-toplevel
   seconds = {}
   for i, run in enumerate(runs, start=1):

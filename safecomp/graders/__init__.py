@@ -15,21 +15,28 @@
 
 (* mode from the response-mode classifier.) See `safecomp.graders.base` for the interface.
 
-Each factory imports its grader's module when it is built, so that importing the registry pulls in no
-JAX and no model code (the grade CLI's `mode` grader, datagen's HTTP judge and the testbed stay light).
+Importing the registry pulls in no JAX and no model code (the grade CLI's `mode` grader, datagen's HTTP
+judge and the testbed stay light): the `judge` factory alone imports its module, which needs JAX, when
+it is built.
 """
 from __future__ import annotations
 
 import os
 
+from safecomp import spec as spec_lib
+from safecomp import testbed
 from safecomp.errors import ConfigError
 from safecomp.graders.base import (GRADERS, REFUSAL_MODES, Grade, Grader, GraderContext, GraderError,
                                    full_name, grade_texts, harm_graders, make_grader, register_grader,
                                    rewards_of, ungraded)
+from safecomp.graders.client import ChatClient
+from safecomp.graders.http import HttpGrader
+from safecomp.graders.mode import KeywordGrader, ModeGrader
+from safecomp.graders.oracle import OracleGrader
+from safecomp.graders.reward_model import RewardModelGrader
 
 
 def _spec(config):
-  from safecomp import spec as spec_lib  # pylint: disable=import-outside-toplevel
   return spec_lib.load_spec(config.spec)
 
 
@@ -41,7 +48,7 @@ def _section(config, name: str):
 
 @register_grader("judge", judges_harm=True, description="a local LM reading the spec's rubrics (logits)")
 def _judge(context: GraderContext) -> Grader:
-  from safecomp.graders.judge import JudgeGrader  # pylint: disable=import-outside-toplevel
+  from safecomp.graders.judge import JudgeGrader  # pylint: disable=import-outside-toplevel  # needs JAX
   j = _section(context.config, "judge")
   if not j.checkpoint:
     raise ConfigError("config key 'judge.checkpoint': the judge grader needs a local Hugging Face model "
@@ -54,8 +61,6 @@ def _judge(context: GraderContext) -> Grader:
 
 @register_grader("http", judges_harm=True, description="a judge behind an OpenAI-compatible server")
 def _http(context: GraderContext) -> Grader:
-  from safecomp.graders.client import ChatClient  # pylint: disable=import-outside-toplevel
-  from safecomp.graders.http import HttpGrader  # pylint: disable=import-outside-toplevel
   h = _section(context.config, "http")
   if not h.base_url:
     raise ConfigError("config key 'http.base_url': the http grader needs the server's address, "
@@ -70,7 +75,6 @@ def _http(context: GraderContext) -> Grader:
 
 @register_grader("rm", judges_harm=True, description="the run's trained reward model")
 def _reward_model(context: GraderContext) -> Grader:
-  from safecomp.graders.reward_model import RewardModelGrader  # pylint: disable=import-outside-toplevel
   if context.reward_model is None:
     raise ConfigError("the rm grader needs a trained reward model (a workdir whose rm stage is complete)")
   return RewardModelGrader(context.reward_model())
@@ -78,29 +82,26 @@ def _reward_model(context: GraderContext) -> Grader:
 
 @register_grader("oracle", judges_harm=True, description="the testbed's gold oracle (testbed prompts only)")
 def _oracle(context: GraderContext) -> Grader:
-  from safecomp.graders.oracle import OracleGrader  # pylint: disable=import-outside-toplevel
   world = getattr(context.task, "world", None)
   if world is None:
     if context.task is not None:
       raise ConfigError(f"the oracle grades testbed prompts only, and this run's task is "
                         f"{getattr(context.task, 'kind', type(context.task).__name__)!r}; "
                         "use a judge (judge or http)")
-    from safecomp import testbed  # pylint: disable=import-outside-toplevel
-    world = testbed.make_world(context.config.get("testbed", {}).get("world_seed", 0))
-  return OracleGrader(world, unknown_prompts=context.config.get("oracle", {}).get("unknown_prompts", "error"))
+    world = testbed.world_from_config(context.config)
+  return OracleGrader(world, unknown_prompts=context.config.get("oracle", {}).get("unknown_prompts", "error"),
+                      config=testbed.oracle_config_from(context.config))
 
 
 @register_grader("mode", judges_harm=False, description="the response-mode classifier (modes only)")
 def _mode(context: GraderContext) -> Grader:
   del context
-  from safecomp.graders.mode import ModeGrader  # pylint: disable=import-outside-toplevel
   return ModeGrader()
 
 
 @register_grader("keyword", judges_harm=False, description="the refusal-prefix matcher (refused only)")
 def _keyword(context: GraderContext) -> Grader:
   del context
-  from safecomp.graders.mode import KeywordGrader  # pylint: disable=import-outside-toplevel
   return KeywordGrader()
 
 

@@ -7,6 +7,8 @@ import argparse
 
 import ml_collections
 
+from safecomp import config as config_lib
+from safecomp import testbed
 from safecomp.rewards import composite
 
 
@@ -36,8 +38,12 @@ def http_section() -> ml_collections.ConfigDict:
 
 
 def oracle_section() -> ml_collections.ConfigDict:
-  """`oracle`: what the testbed oracle does with a prompt it cannot place in its world."""
-  return ml_collections.ConfigDict({"unknown_prompts": "error"})  # or "ungraded": left out of every rate
+  """`oracle`: what the testbed oracle does with a prompt it cannot place in its world ("error", or
+  "ungraded": left out of every rate), and its `OracleConfig` knobs (safety per severity comes from
+  `reward.severity_to_safety`)."""
+  section = config_lib.section_of(testbed.OracleConfig, exclude=("severity_to_safety",))
+  section.unknown_prompts = "error"
+  return section
 
 
 def default_config() -> ml_collections.ConfigDict:

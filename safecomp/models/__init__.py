@@ -1,5 +1,5 @@
 """Decoder-only models (Llama/Mistral/Qwen2/Gemma), HF checkpoint I/O and the KV-cache sampler."""
-from safecomp.models.config import HEADS, ModelConfig, parse_heads, tiny
+from safecomp.models.config import HEADS, ModelConfig, model_config_from, parse_heads, tiny
 from safecomp.models.hf_io import export_pretrained, load_pretrained
 from safecomp.models.sampling import (SampleOutput, filter_logits, generate, response_logprobs,
                                       sample_tokens, token_logprobs)
@@ -8,7 +8,7 @@ from safecomp.models.transformer import (KVCache, Transformer, as_variables, def
                                          logits, param_specs)
 
 __all__ = [
-    "HEADS", "KVCache", "ModelConfig", "SampleOutput", "Transformer", "as_variables",
+    "HEADS", "KVCache", "ModelConfig", "model_config_from", "SampleOutput", "Transformer", "as_variables",
     "default_positions", "export_pretrained", "filter_logits", "forward", "generate", "graft", "init_cache",
     "init_params", "last_token_index", "load_pretrained", "logits", "param_specs", "parse_heads",
     "response_logprobs", "sample_tokens", "tiny", "token_logprobs",

@@ -6,11 +6,14 @@ One config covers Llama 2/3 (incl. Llama 3.1 `llama3` RoPE scaling), Mistral, Qw
 from __future__ import annotations
 
 import dataclasses
+import json
+import pathlib
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import flax
 import jax.numpy as jnp
 
+from safecomp import config as config_lib
 from safecomp.errors import ConfigError
 
 HEADS = ("lm", "value", "severity", "helpfulness")
@@ -317,3 +320,58 @@ def parse_heads(heads: Union[str, Sequence[str]]) -> tuple:
   if unknown:
     raise ConfigError(f"unknown heads {unknown}; expected a subset of {HEADS}")
   return heads
+
+
+# Experiment-config key (under `model`) -> Hugging Face config.json key.
+HF_KEYS = {
+    "family": "model_type",
+    "vocab_size": "vocab_size",
+    "hidden_size": "hidden_size",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "num_kv_heads": "num_key_value_heads",
+    "head_dim": "head_dim",
+    "intermediate_size": "intermediate_size",
+    "max_position_embeddings": "max_position_embeddings",
+    "rope_theta": "rope_theta",
+    "rms_norm_eps": "rms_norm_eps",
+    "tie_word_embeddings": "tie_word_embeddings",
+    "hidden_act": "hidden_act",
+    "attention_bias": "attention_bias",
+    "sliding_window": "sliding_window",
+}
+
+
+def model_config_from(config: Any, heads: tuple[str, ...] = ("lm",), *, vocab_size: int | None = None,
+                      **token_ids: Any) -> ModelConfig:
+  """`ModelConfig` of the experiment's model with `heads`, numerics from `model.dtype` etc.
+
+  Args:
+    config: the experiment ConfigDict (reads its `model` section).
+    heads: heads to build ("lm"; "lm", "value" for the PPO policy; "severity", "helpfulness"
+      for the reward model).
+    vocab_size: overrides / supplies the vocabulary size (fresh models take it from the tokenizer).
+    **token_ids: `pad_token_id`, `bos_token_id`, `eos_token_id` of the run's tokenizer, if known.
+
+  The one place the `model` section becomes a `ModelConfig`: the pipeline, the PPO step, the memory
+  planner and the benchmarks all build their models with it.
+  """
+  m = config.model
+  numerics = dict(heads=tuple(heads), dtype=m.get("dtype", "float32"),
+                  param_dtype=m.get("param_dtype", "float32"), remat=m.get("remat", "none"))
+  init_from = m.get("init_from", "")
+  if init_from and (pathlib.Path(init_from) / "config.json").is_file():
+    hf = json.loads((pathlib.Path(init_from) / "config.json").read_text())
+    overrides = {} if vocab_size is None else {"vocab_size": int(vocab_size)}
+    return ModelConfig.from_hf(hf, **numerics, **overrides, **token_ids)
+  hf = {hf_key: m[key] for key, hf_key in HF_KEYS.items() if key in m}
+  if vocab_size is not None:
+    hf["vocab_size"] = int(vocab_size)
+  config_lib.require("vocab_size" in hf, "model.vocab_size",
+          "is needed to build the model without a checkpoint or tokenizer (set it, or point "
+          "model.init_from at a directory with config.json)")
+  if hf.get("sliding_window"):
+    hf["use_sliding_window"] = True
+  else:
+    hf.pop("sliding_window", None)
+  return ModelConfig.from_hf(hf, **numerics, **token_ids)

@@ -1,9 +1,9 @@
 """Sharded training: mesh from config, logical-axis rules, sharded steps, multi-host input."""
-from safecomp.parallel.arch import model_config_from
 from safecomp.parallel.distributed import is_main_process, maybe_initialize_distributed
 from safecomp.parallel.mesh import (BATCH_AXES, DEFAULT_RULES, MESH_AXES, abstract_mesh, axis_rules,
                                     batch_divisor, check_batch_size, make_mesh, mesh_context,
-                                    mesh_shape, mesh_sizes, parse_mesh)
+                                    mesh_shape, mesh_sizes, parse_mesh, rules_from_config,
+                                    rules_section)
 from safecomp.parallel.sharding import (abstract_like, abstract_params, batch_shardings,
                                         batch_spec, describe, fit_spec, host_rows,
                                         init_sharded_state, logical_shardings, param_shardings,
@@ -18,8 +18,8 @@ __all__ = [
     "abstract_params", "accumulate_gradients", "accumulating_optimizer", "axis_rules",
     "batch_divisor", "batch_shardings", "batch_spec", "check_batch_size", "describe", "fit_spec",
     "host_rows", "init_sharded_state", "is_main_process", "logical_shardings", "make_mesh",
-    "maybe_initialize_distributed", "mesh_context", "mesh_shape", "mesh_sizes", "model_config_from",
+    "maybe_initialize_distributed", "mesh_context", "mesh_shape", "mesh_sizes",
     "param_shardings", "parse_mesh", "place", "policy_forward", "ppo_step_fn", "put_batch",
-    "replicated", "shard_bytes", "shard_step", "sft_step_fn", "split_microbatches",
+    "replicated", "rules_from_config", "rules_section", "shard_bytes", "shard_step", "sft_step_fn", "split_microbatches",
     "state_shardings", "unjit", "with_shardings",
 ]

@@ -18,6 +18,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AbstractMesh, Mesh
@@ -59,6 +60,19 @@ def axis_rules(overrides: Mapping[str, Any] | None = None) -> tuple[tuple[str, A
     bad = [t for t in targets if t is not None and t not in MESH_AXES]
     require(not bad, f"mesh.rules.{name}", f"mesh axes {bad} are not among {MESH_AXES}")
   return tuple((name, overrides.get(name, target)) for name, target in DEFAULT_RULES)
+
+
+def rules_from_config(config) -> tuple[tuple[str, Any], ...]:
+  """The logical-axis rules of a run (`mesh.rules`, else the defaults): every sharded step uses them."""
+  mesh = config.get("mesh") or {}
+  return axis_rules(dict(mesh.get("rules") or {}))
+
+
+def rules_section() -> ml_collections.ConfigDict:
+  """`mesh.rules`: every logical axis and the mesh axes it maps to (None: replicated), overridable
+  one by one (`--config.mesh.rules.embed=None` turns FSDP off)."""
+  return ml_collections.ConfigDict({name: ml_collections.FieldReference(target, field_type=object)
+                                    for name, target in DEFAULT_RULES})
 
 
 def parse_mesh(text: str) -> dict[str, int]:

@@ -10,6 +10,7 @@ import numpy as np
 from safecomp import spec as spec_lib
 from safecomp import testbed
 from safecomp.constants import INTENTS
+from safecomp.graders.oracle import OracleGrader
 from safecomp.prompts import Prompt, as_prompt, normalized_text
 from safecomp.tasks import files
 from safecomp.testbed import lexicon
@@ -30,7 +31,11 @@ class TestbedTask:
 
   @functools.cached_property
   def world(self) -> testbed.World:
-    return testbed.make_world(self.config.testbed.world_seed)
+    return testbed.world_from_config(self.config)
+
+  @functools.cached_property
+  def oracle_config(self) -> testbed.OracleConfig:
+    return testbed.oracle_config_from(self.config)
 
   @functools.cached_property
   def spec(self):
@@ -142,7 +147,7 @@ class TestbedTask:
       for k in sorted(int(i) for i in picks):
         answer, _ = testbed.make_candidate(self.world, self.spec, example, testbed.CANDIDATE_SOURCES[k], rng,
                                            error_rate=c.testbed.teacher_error_rate)
-        grade = testbed.grade(example.messages, answer, world=self.world, example=example)
+        grade = testbed.grade(example.messages, answer, world=self.world, example=example, config=self.oracle_config)
         if c.reasoning:
           reasoning, _ = teachers.spec_reasoning(self.spec, example, intent=str(rng.choice(INTENTS)))
           answer = f"{lexicon.THINK_OPEN} {reasoning} {lexicon.THINK_CLOSE} {answer}"
@@ -153,8 +158,7 @@ class TestbedTask:
   # -- grading -------------------------------------------------------------------------------------
   def host_grader(self):
     """The gold oracle over this world."""
-    from safecomp.graders.oracle import OracleGrader  # pylint: disable=import-outside-toplevel
-    return OracleGrader(self.world, unknown_prompts=self.config.oracle.unknown_prompts)
+    return OracleGrader(self.world, unknown_prompts=self.config.oracle.unknown_prompts, config=self.oracle_config)
 
   def describe(self) -> str:
     return f"testbed world {self.config.testbed.world_seed}"

@@ -26,16 +26,16 @@ words and punctuation separated by spaces, over a closed vocabulary (`World.voca
 from safecomp.testbed.candidates import CANDIDATE_SOURCES, make_candidate
 from safecomp.testbed.examples import SPLITS, Example, generate_examples
 from safecomp.testbed.oracle import (FLAGS, OracleConfig, OracleGrade, clean_content, grade, grade_many,
-                                     strip_reasoning)
+                                     oracle_config_from, strip_reasoning)
 from safecomp.testbed.parsing import PromptInfo, parse_prompt
 from safecomp.testbed.responses import HARD_REFUSAL, ideal_response, intended_mode
 from safecomp.testbed.teachers import (TeacherOutput, judge_filter, make_sft_example, refusal_teacher,
                                        safe_completion_teacher)
-from safecomp.testbed.world import Fact, Topic, World, WorldConfig, make_world
+from safecomp.testbed.world import Fact, Topic, World, WorldConfig, make_world, world_from_config
 
 __all__ = [
     "CANDIDATE_SOURCES", "FLAGS", "HARD_REFUSAL", "SPLITS", "Example", "Fact", "OracleConfig", "OracleGrade", "PromptInfo",
     "TeacherOutput", "Topic", "World", "WorldConfig", "clean_content", "generate_examples", "grade", "grade_many",
-    "ideal_response", "intended_mode", "judge_filter", "make_candidate", "make_sft_example", "make_world", "parse_prompt",
-    "refusal_teacher", "safe_completion_teacher", "strip_reasoning",
+    "ideal_response", "intended_mode", "judge_filter", "make_candidate", "make_sft_example", "make_world", "oracle_config_from", "parse_prompt",
+    "refusal_teacher", "safe_completion_teacher", "strip_reasoning", "world_from_config",
 ]

@@ -8,6 +8,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from safecomp import config as config_lib
 from safecomp.constants import INTENTS, MODES, SEVERITIES
 from safecomp.errors import ConfigError
 from safecomp.testbed import lexicon as lx
@@ -272,6 +273,12 @@ def alarming_level(world: World, item_id: str) -> int:
   """Requested level of an alarming-benign request template."""
   _, cat, index = item_id.split(".")
   return lx.ALARMING_REQUESTS[cat][int(index)][1]
+
+
+def world_from_config(config) -> World:
+  """The run's world: seed `testbed.world_seed`, and the `testbed` section's `WorldConfig` fields."""
+  return make_world(int(config.testbed.world_seed),
+                    config_lib.dataclass_from(WorldConfig, config.testbed, "testbed"))
 
 
 @functools.lru_cache(maxsize=16)

@@ -116,12 +116,11 @@ def validate(config: ml_collections.ConfigDict):
   vf_clip = config.ppo.vf_clip
   require(vf_clip is None or (isinstance(vf_clip, (int, float)) and not isinstance(vf_clip, bool) and vf_clip > 0),
           "ppo.vf_clip", f"must be a number > 0, or None for an unclipped value loss; got {vf_clip!r}")
-  try:  # every PPO hyper-parameter, checked where the update defines it
-    ppo_stage.ppo_config(config, eos_id=0)
-  except ConfigError as e:
-    key = str(e).split("=", 1)[0].removeprefix("PPOConfig.")
-    key = {"kl_target": "adaptive_kl_target", "kl_horizon": "adaptive_kl_horizon"}.get(key, key)
-    raise ConfigError(f"config key 'ppo.{key}': {str(e).split(': ', 1)[-1]} (got {config.ppo.get(key)!r})") from None
+  # Each section becomes its dataclass here too, so a bad field fails now, named by its key.
+  ppo_stage.ppo_config(config, eos_id=0)
+  testbed.world_from_config(config)
+  testbed.oracle_config_from(config)
+  parallel.rules_from_config(config)
   require(config.chat_template in tokenizers.FAMILIES, "chat_template",
           f"unknown chat format {config.chat_template!r}; expected one of {sorted(tokenizers.FAMILIES)}")
   try:
@@ -218,7 +217,7 @@ class Pipeline:
       return tokenizers.load_tokenizer(self.config.model.init_from)
     if not path.is_file():  # written once, whole: other processes and tools read the same file
       tmp = path.with_name(f"tokenizer.{os.getpid()}.tmp.json")
-      tokenizers.word_level_tokenizer(testbed.make_world(self.config.testbed.world_seed).vocabulary()).save(str(tmp))
+      tokenizers.word_level_tokenizer(testbed.world_from_config(self.config).vocabulary()).save(str(tmp))
       os.replace(tmp, path)
     return tokenizers.load_tokenizer(str(path))
 
@@ -228,14 +227,9 @@ class Pipeline:
     return generation.stop_ids(self.tokenizer, self.config.chat_template)
 
   def model_config(self, heads: tuple[str, ...]) -> models.ModelConfig:
-    m = self.config.model
     tok = self.tokenizer
-    return models.ModelConfig(
-        family=m.family, vocab_size=tok.vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
-        num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
-        intermediate_size=m.intermediate_size, max_position_embeddings=m.max_position_embeddings,
-        pad_token_id=tok.pad_id, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, heads=heads,
-        dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+    return models.model_config_from(self.config, heads, vocab_size=tok.vocab_size, pad_token_id=tok.pad_id,
+                                    bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
 
   def init_model(self, heads: tuple[str, ...], seed_offset: int) -> tuple[Any, Any]:
     """(model, params): from `model.init_from` when set, else freshly initialised (seeded)."""
@@ -259,13 +253,13 @@ class Pipeline:
     Parameters and optimizer state are split by the model's logical axes, batches over the data
     axes; each host feeds only its rows of every global batch.
     """
-    parallel.check_batch_size(global_batch, self.mesh, batch_key)
-    param_sh = parallel.param_shardings(model.config, self.mesh)
+    rules = parallel.rules_from_config(self.config)
+    parallel.check_batch_size(global_batch, self.mesh, batch_key, rules)
+    param_sh = parallel.param_shardings(model.config, self.mesh, rules)
     state, state_sh = parallel.init_sharded_state(lambda q: loop_lib.new_state(q, tx), params, param_sh,
                                                   self.mesh)
-    batch_sh = parallel.batch_shardings(example_batch, self.mesh)
-    step = parallel.shard_step(step_fn, self.mesh, parallel.DEFAULT_RULES, state_sh, batch_sh,
-                               global_batch=global_batch)
+    batch_sh = parallel.batch_shardings(example_batch, self.mesh, rules)
+    step = parallel.shard_step(step_fn, self.mesh, rules, state_sh, batch_sh, global_batch=global_batch)
     return state, step, parallel.host_rows(batch_sh["tokens"], global_batch)
 
   # -- checkpoints ---------------------------------------------------------------------------------

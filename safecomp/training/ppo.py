@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from safecomp import config as config_lib
 from safecomp import graders as graders_lib
 from safecomp import models
 from safecomp import parallel
@@ -45,20 +46,14 @@ _REFUSAL_MODE_IDS = tuple(MODES.index(m) for m in REFUSAL_MODES)
 
 
 def ppo_config(c, eos_id) -> ppo_lib.PPOConfig:
-  """The update's hyper-parameters; also checks the rollout's (`pipeline.validate` calls it at start-up)."""
-  p = c.ppo
-  chunk = p.score_chunk_rows
-  if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0 or (chunk and p.prompts_per_iteration % chunk):
-    raise ConfigError(f"score_chunk_rows={chunk!r}: rows per scoring forward must be 0 (the whole batch at "
-                      f"once) or divide ppo.prompts_per_iteration ({p.prompts_per_iteration})")
-  return ppo_lib.PPOConfig(
-      algorithm=p.algorithm, epochs=p.epochs, num_minibatches=p.num_minibatches, clip_eps=p.clip_eps,
-      vf_coef=p.vf_coef, vf_clip=p.vf_clip, ent_coef=p.ent_coef, gamma=p.gamma, lam=p.lam,
-      kl_coef=p.kl_coef, kl_estimator=p.kl_estimator,
-      kl_target=p.adaptive_kl_target if p.adaptive_kl_target > 0 else None,
-      kl_horizon=p.adaptive_kl_horizon, whiten_advantages=p.whiten_advantages,
-      temperature=p.temperature, eos_penalty=p.eos_penalty, eos_id=eos_id,
-      group_size=p.group_size)
+  """The update's hyper-parameters (the `ppo` section; `eos_id` from the tokenizer); also checks the
+  rollout's (`pipeline.validate` calls it at start-up)."""
+  chunk = c.ppo.score_chunk_rows
+  if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0 or (
+      chunk and c.ppo.prompts_per_iteration % chunk):
+    raise ConfigError(f"config key 'ppo.score_chunk_rows': rows per scoring forward must be 0 (the whole batch "
+                      f"at once) or divide ppo.prompts_per_iteration ({c.ppo.prompts_per_iteration}); got {chunk!r}")
+  return config_lib.dataclass_from(ppo_lib.PPOConfig, c.ppo, "ppo", eos_id=eos_id)
 
 
 def rl_tree(state: ppo_lib.RLTrainState) -> dict:
@@ -157,7 +152,7 @@ def actor_critic(p, trained: bool = True, rm_params: Any = None
 def abstract_actor_critic(c, vocab_size: int | None = None) -> rollout_lib.ActorCritic:
   """The PPO stage's actor-critic models (as `actor_critic` builds them) from the config alone."""
   policy_heads, value_heads = critic_heads(c.ppo.critic)
-  model = lambda heads: models.Transformer(parallel.model_config_from(c, heads, vocab_size=vocab_size))
+  model = lambda heads: models.Transformer(models.model_config_from(c, heads, vocab_size=vocab_size))
   return rollout_lib.ActorCritic(model(policy_heads), None if value_heads is None else model(value_heads))
 
 
@@ -188,11 +183,6 @@ def final_policy_params(p) -> Any:
 # ---------------------------------------------------------------------------------- the PPO step
 # What the update reads of a rollout scored on the host (the sampler's outputs it keeps).
 ROLLOUT_KEYS = ("sequences", "attention_mask", "response_mask", "old_logprobs", "ref_logprobs", "values")
-
-
-def mesh_rules(c) -> tuple:
-  """The logical-axis rules of the config's mesh (`mesh.rules` overrides, else the defaults)."""
-  return parallel.axis_rules(dict(c.mesh.get("rules", {})) if "mesh" in c else None)
 
 
 def iteration_keys(c, step: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -269,7 +259,7 @@ def build_ppo_step(c, actor: rollout_lib.ActorCritic, scorer: Any, mesh, *, stop
 
   Raises a ConfigError naming `ppo.prompts_per_iteration` when the mesh does not split the batch.
   """
-  rules = mesh_rules(c)
+  rules = parallel.rules_from_config(c)
   b, n, width = int(c.ppo.prompts_per_iteration), int(c.ppo.max_new_tokens), int(c.max_prompt_len)
   parallel.check_batch_size(b, mesh, "ppo.prompts_per_iteration", rules)
   cfg = ppo_config(c, stop_ids)

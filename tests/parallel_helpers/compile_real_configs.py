@@ -15,7 +15,7 @@ import jax
 jax.config.update("jax_num_cpu_devices", 64)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from safecomp import memory  # pylint: disable=wrong-import-position
+from safecomp import memory, parallel  # pylint: disable=wrong-import-position
 from safecomp.config import load_config  # pylint: disable=wrong-import-position
 
 
@@ -23,7 +23,7 @@ def main():
   results = {}
   for path in sys.argv[1:]:
     config = load_config(path)
-    sizes = {k: int(v) for k, v in config.mesh.items()}
+    sizes = {axis: int(config.mesh[axis]) for axis in parallel.MESH_AXES}
     assert math.prod(sizes.values()) <= jax.device_count()
     results[path] = memory.plan(config, sizes, stage="sft", compile_step=True)
   print(json.dumps(results))
