@@ -13,6 +13,7 @@ from safecomp import config as config_lib
 from safecomp import parallel
 from safecomp import testbed
 from safecomp.graders import config as grader_config
+from safecomp.rewards import composite
 
 OPTIONS = {"arm": ("safe_completion", "refusal"), "size": ("default", "tiny")}
 
@@ -118,7 +119,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # shares the policy's vocabulary); http: a judge behind a server; oracle: the gold grader on the host.
   # The refusal reward needs the prompt intent label and the response mode, so a host grader scores it.
   c.reward.grader = "oracle" if arm == "refusal" else "rm"
-  c.reward.severity_to_safety = (1.0, 0.6, 0.3, 0.0)
+  c.reward.severity_to_safety = composite.DEFAULT_SEVERITY_TO_SAFETY  # safety of negligible..high severity
 
   c.ppo = ml_collections.ConfigDict()
   c.ppo.algorithm = "ppo"

@@ -24,12 +24,15 @@ import logging
 import sys
 from typing import Any, Dict, List, Sequence
 
+from tqdm import tqdm
+
 from safecomp import graders as graders_lib
 from safecomp.constants import INTENTS
 from safecomp.data import readers
 from safecomp.errors import SafecompError
 from safecomp.graders import config as grader_config
 from safecomp.prompts import Prompt, content_uid, message_tuple
+from safecomp.rewards import composite
 from safecomp.tasks.files import completion_text
 
 GRADERS = graders_lib.GRADERS
@@ -65,8 +68,6 @@ def read_rows(path: str, skip_malformed: bool = False) -> readers.ReadResult:
 def grade_rows(grader, rows: Sequence[tuple], batch_size: int = 32, progress: bool = True,
                severity_to_safety: Sequence[float] | None = None) -> List[Dict[str, Any]]:
   """Input rows plus `grades`, graded batch by batch (with s and r = h x s where the grader judges harm)."""
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  from safecomp.rewards import composite  # pylint: disable=import-outside-toplevel
   table = tuple(severity_to_safety or composite.DEFAULT_SEVERITY_TO_SAFETY)
   out = []
   with tqdm(total=len(rows), disable=not progress, desc="grading", unit="row", file=sys.stderr) as bar:
@@ -103,6 +104,7 @@ def make_grader(args: argparse.Namespace):
   if args.grader == "rm":
     if not args.rm_workdir:
       raise SystemExit("--grader rm needs --rm-workdir DIR (a safecomp.train workdir whose rm stage finished)")
+    # Only the rm grader needs the training stack (and JAX); the other graders stay light.
     from safecomp.training import pipeline  # pylint: disable=import-outside-toplevel
     p = pipeline.open_workdir(args.rm_workdir)
     return p.grader("rm", "--grader"), tuple(p.config.reward.severity_to_safety)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from safecomp.constants import SEVERITIES
-from safecomp.rewards.composite import DEFAULT_SEVERITY_TO_SAFETY, safety_from_severity
+from safecomp.rewards import composite
 
 NUM_SEVERITIES = len(SEVERITIES)
 HELPFULNESS_LOSSES = ("bce", "ordinal")
@@ -105,21 +105,24 @@ def bradley_terry_loss(r_chosen: chex.Array, r_rejected: chex.Array,
 
 def reward_from_heads(
     severity_logits: chex.Array, helpfulness_logit: chex.Array, *,
-    helpfulness_kind: str = "bce",
-    severity_to_safety: Sequence[float] = DEFAULT_SEVERITY_TO_SAFETY) -> Tuple[chex.Array, chex.Array, chex.Array]:
-  """(reward, safety, helpfulness) [B] from the reward-model heads; reward = h * s."""
+    helpfulness_kind: str = "bce", kind: str = "product",
+    severity_to_safety: Sequence[float] = composite.DEFAULT_SEVERITY_TO_SAFETY
+) -> Tuple[chex.Array, chex.Array, chex.Array]:
+  """(reward, safety, helpfulness) [B] from the reward-model heads (`composite.reward_terms` of the
+  severity distribution and the helpfulness head; reward = h * s for the `product` kind)."""
   chex.assert_rank([severity_logits, helpfulness_logit], [2, 1])
-  safety = safety_from_severity(jax.nn.softmax(severity_logits.astype(jnp.float32), -1),
-                                severity_to_safety)
+  severity_probs = jax.nn.softmax(severity_logits.astype(jnp.float32), -1)
   helpfulness = helpfulness_from_logit(helpfulness_logit.astype(jnp.float32), helpfulness_kind)
-  return helpfulness * safety, safety, helpfulness
+  safety, helpfulness, reward = composite.reward_terms(severity_probs, helpfulness, kind,
+                                                       severity_to_safety=severity_to_safety)
+  return reward, safety, helpfulness
 
 
 def rm_loss(
     outputs: Mapping[str, chex.Array], batch: Mapping[str, chex.Array],
     weights: Optional[Mapping[str, float]] = None, *,
     helpfulness_kind: str = "bce",
-    severity_to_safety: Sequence[float] = DEFAULT_SEVERITY_TO_SAFETY,
+    severity_to_safety: Sequence[float] = composite.DEFAULT_SEVERITY_TO_SAFETY,
     eps: float = 1e-6) -> Tuple[chex.Array, dict]:
   """Weighted reward-model loss and scalar metrics.
 

@@ -37,7 +37,7 @@ class RolloutConfig:
   top_p: float = 1.0
   greedy: bool = False
   reward_kind: str = "product"
-  severity_to_safety: tuple[float, ...] = (1.0, 0.6, 0.3, 0.0)
+  severity_to_safety: tuple[float, ...] = composite.DEFAULT_SEVERITY_TO_SAFETY
   helpfulness_kind: str = "bce"
   score_chunk_rows: int = 0  # rows per scoring forward (0: the whole batch at once)
 
@@ -139,11 +139,10 @@ def score_rows(scorer: Any, params, batch: dict, intent, inputs, cfg: RolloutCon
 def score_reward_model(rm_model, rm_params, batch: dict, intent: jax.Array | None, cfg: RolloutConfig) -> dict:
   """Safety s, helpfulness h (both in [0,1]) and the composite reward from the reward heads."""
   out = rm_model.apply({"params": rm_params}, batch["sequences"], attention_mask=batch["attention_mask"])
-  _, safety, helpfulness = rm_lib.reward_from_heads(
-      out["severity_logits"], out["helpfulness_logit"], helpfulness_kind=cfg.helpfulness_kind,
-      severity_to_safety=cfg.severity_to_safety)
   del intent  # only the refusal reward reads it, and that one is scored on the host (see pipeline)
-  scores = composite.composite_reward(safety, helpfulness, cfg.reward_kind)
+  scores, safety, helpfulness = rm_lib.reward_from_heads(
+      out["severity_logits"], out["helpfulness_logit"], helpfulness_kind=cfg.helpfulness_kind,
+      kind=cfg.reward_kind, severity_to_safety=cfg.severity_to_safety)
   return {"scores": scores, "safety": safety, "helpfulness": helpfulness,
           "severity_probs": jax.nn.softmax(out["severity_logits"].astype(jnp.float32), -1)}
 
