@@ -20,7 +20,10 @@ from typing import Sequence
 
 from safecomp import models
 from safecomp.errors import SafecompError
+from safecomp.eval.cli import require_stage
 from safecomp.tokenizers import jinja_template
+from safecomp.training import evaluate
+from safecomp.training import pipeline
 
 # Tokenizer files of a Hugging Face directory, copied as they are from a pretrained run's model.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -53,11 +56,9 @@ def _write_tokenizer(p, out: pathlib.Path) -> None:
 def export_run(workdir: str | pathlib.Path, stage: str, out: str | pathlib.Path, dtype: str | None = None
                ) -> pathlib.Path:
   """Exports the policy of `stage` ("sft" or "ppo") of a finished workdir to `out`; returns `out`."""
-  from safecomp.eval.cli import open_workdir, require_stage  # pylint: disable=import-outside-toplevel
-  from safecomp.training import evaluate  # pylint: disable=import-outside-toplevel
   if stage not in ("sft", "ppo"):
     raise SafecompError(f"--stage must be sft or ppo, got {stage!r}")
-  p = open_workdir(workdir)
+  p = pipeline.open_workdir(workdir)
   require_stage(p, stage)
   model, _ = p.init_model(("lm",), seed_offset=1)
   params = evaluate.policy_params(p, stage)

@@ -24,6 +24,7 @@ import math
 import sys
 from typing import Any, Sequence
 
+from flax.training import train_state
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -32,6 +33,11 @@ from safecomp import models
 from safecomp import parallel
 from safecomp.config import load_config, require
 from safecomp.errors import SafecompError
+from safecomp.training import loop as loop_lib
+from safecomp.training import ppo as ppo_stage
+from safecomp.training import rm as rm_lib
+from safecomp.training import rollout as rollout_lib
+from safecomp.training import sft as sft_lib
 
 GiB = 1024 ** 3
 # Memory per device (HBM) of named accelerators.
@@ -66,9 +72,6 @@ def _section_steps(section: Any) -> int:
 def stage_setup(config: Any, stage: str, vocab_size: int | None = None) -> StageSetup:
   """The model, state constructor, pure step and abstract batch of the supervised `stage` (sft, rm)."""
   # Imported lazily: the training package pulls in checkpointing and metric writers.
-  from safecomp.training import loop as loop_lib  # pylint: disable=import-outside-toplevel
-  from safecomp.training import rm as rm_lib  # pylint: disable=import-outside-toplevel
-  from flax.training import train_state  # pylint: disable=import-outside-toplevel
 
   require(stage in STAGE_HEADS, "stage", f"{stage!r} is not one of {tuple(STAGE_HEADS)}")
   cfg = models.model_config_from(config, STAGE_HEADS[stage], vocab_size=vocab_size)
@@ -83,7 +86,7 @@ def stage_setup(config: Any, stage: str, vocab_size: int | None = None) -> Stage
   batch = {"tokens": tokens(b, length), "attention_mask": tokens(b, length)}
   if stage == "sft":
     batch["loss_mask"] = tokens(b, length)
-    step_fn = parallel.sft_step_fn(model, microbatches=micro)
+    step_fn = sft_lib.sft_step_fn(model, microbatches=micro)
   else:
     batch["severity"] = jax.ShapeDtypeStruct((b,), jnp.int32)
     batch["helpfulness"] = jax.ShapeDtypeStruct((b,), jnp.float32)
@@ -98,8 +101,6 @@ def ppo_step(config: Any, mesh: Any, vocab_size: int | None = None):
   The actor-critic follows `ppo.critic`; `reward.grader=rm` puts a reward model of the policy's size in
   the compiled rollout; `oracle` and `http` grade on the host (a sampler, then the update).
   """
-  from safecomp.training import ppo as ppo_stage  # pylint: disable=import-outside-toplevel
-  from safecomp.training import rollout as rollout_lib  # pylint: disable=import-outside-toplevel
 
   actor = ppo_stage.abstract_actor_critic(config, vocab_size)
   grader = config.reward.grader

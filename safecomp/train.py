@@ -16,6 +16,9 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from safecomp import config as config_lib
+from safecomp.errors import SafecompError
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (a .py with get_config).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and reports go.")
@@ -31,7 +34,7 @@ _STATE = {"flags_parsed": False}
 def _main(argv):
   del argv
   _STATE["flags_parsed"] = True
-  from safecomp.errors import SafecompError  # pylint: disable=import-outside-toplevel
+  # Imported once the flags parsed, so a bad flag or key is reported before JAX loads.
   from safecomp.training import pipeline  # pylint: disable=import-outside-toplevel
   # Library INFO chatter (orbax, jax) drowns the progress bars; stage summaries are printed.
   absl_logging.set_verbosity(absl_logging.WARNING)
@@ -49,7 +52,6 @@ def _main(argv):
 
 def _unknown_key_message(argv: list[str]) -> str:
   """Names the override whose key the config lacks, and the closest valid key."""
-  from safecomp import config as config_lib  # pylint: disable=import-outside-toplevel
   config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
   if config_path is None and "--config" in argv[:-1]:
     config_path = argv[argv.index("--config") + 1]

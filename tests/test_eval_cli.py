@@ -193,7 +193,7 @@ def test_missing_workdir_and_bad_set_are_clear_errors(tmp_path, capsys):
 
 
 def test_config_json_round_trips_to_the_config(workdir):
-  rebuilt = cli.config_from_json(workdir / "config.json")
+  rebuilt = config_lib.config_from_json(workdir / "config.json")
   assert json.loads(config_lib.to_json(rebuilt)) == json.loads((workdir / "config.json").read_text())
   assert isinstance(rebuilt.stages, tuple) and isinstance(rebuilt.reward.severity_to_safety, tuple)
   assert rebuilt.model.hidden_size == config_lib.config_from_file(f"{DEMO}:size=tiny").model.hidden_size

@@ -42,19 +42,31 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import sys
 from typing import Any, Sequence
 
+from absl import logging as absl_logging
 import ml_collections
+import numpy as np
 
 from safecomp import graders as graders_lib
 from safecomp import tasks
-from safecomp.config import config_from_json
-from safecomp.errors import ConfigError, SafecompError
+from safecomp.errors import SafecompError
+from safecomp.eval import human
+from safecomp.eval import report as report_lib
+from safecomp.eval import stats
 from safecomp.graders import config as grader_config
 from safecomp.tasks import testbed as testbed_task
+from safecomp.training import evaluate
+from safecomp.training import generation
+from safecomp.training import pipeline as pipeline_lib
+from safecomp.training import rollout as rollout_lib
+from safecomp.training.checkpoints import DONE_FILE
+from safecomp.training.evaluate import graded_only
+from safecomp.training.pipeline import STAGES
 
 CHECKPOINTS = ("sft", "ppo", "both")
 GRADERS = ("judge", "http", "rm", "oracle")
@@ -84,34 +96,14 @@ def train_command(config: ml_collections.ConfigDict | None, workdir: str | pathl
   cmd = f"python -m safecomp.train --config configs/demo.py{':arm=refusal' if arm == 'refusal' else ''} " \
         f"--workdir {workdir}"
   if config is not None and stage is not None and stage not in tuple(config.get("stages", ())):
-    from safecomp.training.pipeline import STAGES  # pylint: disable=import-outside-toplevel
     wanted = set(config.stages) | {stage, "sft"} | ({"rm"} if stage == "ppo" and
                                                       config.reward.grader == "rm" else set())
     cmd += f" --config.stages=\"{tuple(s for s in STAGES if s in wanted)}\""
   return cmd
 
 
-def open_workdir(workdir: str | pathlib.Path):
-  """The `Pipeline` of a trained workdir, from the `config.json` its run saved."""
-  from safecomp.training import pipeline as pipeline_lib  # pylint: disable=import-outside-toplevel
-  workdir = pathlib.Path(workdir)
-  if not workdir.is_dir():
-    raise EvalError(f"workdir {workdir} does not exist; train it first: {train_command(None, workdir)}")
-  path = workdir / "config.json"
-  if not path.is_file():
-    raise EvalError(f"{path} not found: {workdir} is not a safecomp workdir; train it first: "
-                    f"{train_command(None, workdir)}")
-  config = config_from_json(path)
-  try:
-    pipeline_lib.validate(config)
-  except (KeyError, AttributeError) as e:
-    raise ConfigError(f"{path}: missing config key {e} (saved by an older version?)") from None
-  return pipeline_lib.Pipeline(config, workdir)
-
-
 def stage_done(p, stage: str) -> bool:
   """Whether `stage` of the workdir has a complete checkpoint (creates nothing when it has none)."""
-  from safecomp.training.checkpoints import DONE_FILE  # pylint: disable=import-outside-toplevel
   if not (p.workdir / stage / DONE_FILE).is_file():
     return False
   ckpt = p.checkpointer(stage)
@@ -166,7 +158,6 @@ def set_prompts(base, item: str, n: int | None, data_dir: str | None, public_dir
     raise EvalError(f"--sets {item}: {e}; pass --public-dir (a folder of the public sets' source files) "
                     "or --data-dir (where they are prepared)") from None
   if n is not None and n < len(prompts):
-    import numpy as np  # pylint: disable=import-outside-toplevel
     keep = np.sort(np.random.default_rng([base.config.seed, len(item)]).choice(len(prompts), n, replace=False))
     prompts = [prompts[i] for i in keep]
   return prompts
@@ -175,16 +166,12 @@ def set_prompts(base, item: str, n: int | None, data_dir: str | None, public_dir
 # -- policies, generation, grading ---------------------------------------------------------------------
 def policy_params(p, stage: str):
   """(model, params) of the language model of a completed SFT or PPO stage."""
-  from safecomp.training import evaluate  # pylint: disable=import-outside-toplevel
   model, _ = p.init_model(("lm",), seed_offset=1)
   return model, evaluate.policy_params(p, stage)
 
 
 def generate(policy: Policy, prompts: Sequence) -> list[str]:
   """Each policy answers with its own tokenizer and sampling settings (its config's `eval`)."""
-  # pylint: disable=import-outside-toplevel
-  from safecomp.training import generation
-  from safecomp.training import rollout as rollout_lib
   p = policy.pipeline
   c, tok = p.config, p.tokenizer
   model, params = policy_params(p, policy.stage)
@@ -209,7 +196,6 @@ def make_grader(args: argparse.Namespace, base):
 
 def grade(grader, base, prompts: Sequence, texts: Sequence[str], model_name: str) -> list[dict[str, Any]]:
   """Graded records in the layout `safecomp.eval.stats` reads (see `training.evaluate.grade_records`)."""
-  from safecomp.training import evaluate  # pylint: disable=import-outside-toplevel
   reward_key = "proxy_reward" if grader.name == "rm" else "gold_reward"
   return evaluate.grade_records(grader, prompts, texts, model_name, tuple(base.config.reward.severity_to_safety),
                                 reward_key=reward_key)
@@ -279,7 +265,7 @@ def _default_key(pairs_dir: pathlib.Path) -> pathlib.Path:
 
 def _policies(args: argparse.Namespace):
   """(base pipeline, policies of the workdir, the --compare policy or None)."""
-  base = open_workdir(args.workdir)
+  base = pipeline_lib.open_workdir(args.workdir)
   if args.checkpoint == "both":
     stages = ["sft", "ppo"] if "ppo" in tuple(base.config.stages) else ["sft"]
   else:
@@ -287,7 +273,7 @@ def _policies(args: argparse.Namespace):
   other = None
   if args.compare:
     path, stage = _parse_compare(args.compare)
-    other_p = open_workdir(path)
+    other_p = pipeline_lib.open_workdir(path)
     if stage is None:
       stage = "ppo" if stage_done(other_p, "ppo") else "sft"
     this_label, other_label = pathlib.Path(args.workdir).resolve().name, pathlib.Path(path).resolve().name
@@ -303,7 +289,6 @@ def _policies(args: argparse.Namespace):
 
 
 def _prompts(args, base, policies: Sequence[Policy]) -> tuple[list, dict[str, int]]:
-  from safecomp.training import generation  # pylint: disable=import-outside-toplevel
   items = set_items(args.sets) if args.sets else list(base.task.eval_sets())
   if not items:
     raise EvalError("--sets: no prompt sets")
@@ -327,7 +312,6 @@ def _prompts(args, base, policies: Sequence[Policy]) -> tuple[list, dict[str, in
 
 def _comparisons(records: dict[str, list[dict]], pairs: Sequence[tuple[str, str]], reward_key: str,
                  sets: Sequence[str], n_boot: int, seed: int) -> list[dict]:
-  from safecomp.eval import stats  # pylint: disable=import-outside-toplevel
   out = []
   for a, b in pairs:
     ra = [r for r in records[a] if r["split"] in sets]
@@ -339,7 +323,6 @@ def _comparisons(records: dict[str, list[dict]], pairs: Sequence[tuple[str, str]
 
 
 def import_ratings(args, out: pathlib.Path) -> dict:
-  from safecomp.eval import human  # pylint: disable=import-outside-toplevel
   files = [pathlib.Path(f.strip()) for f in args.import_ratings.split(",") if f.strip()]
   for f in files:
     if not f.is_file():
@@ -351,8 +334,7 @@ def import_ratings(args, out: pathlib.Path) -> dict:
   n_boot = args.bootstrap or 2000
   result = human.score_ratings(files, key, n_boot=n_boot, seed=0)
   out.mkdir(parents=True, exist_ok=True)
-  from safecomp.eval.report import to_jsonable  # pylint: disable=import-outside-toplevel
-  (out / "human_eval.json").write_text(json.dumps(to_jsonable(result), indent=1) + "\n", encoding="utf-8")
+  (out / "human_eval.json").write_text(json.dumps(report_lib.to_jsonable(result), indent=1) + "\n", encoding="utf-8")
   text = human.format_win_rates(result)
   (out / "human_eval.md").write_text("# Human evaluation\n\n" + text, encoding="utf-8")
   print(text, flush=True)
@@ -361,11 +343,6 @@ def import_ratings(args, out: pathlib.Path) -> dict:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
   """Generates, grades and reports (see module docstring); returns what `run.json` holds."""
-  # pylint: disable=import-outside-toplevel
-  from safecomp.eval import human
-  from safecomp.eval import report as report_lib
-  from safecomp.eval import stats
-  from safecomp.training.evaluate import graded_only
   out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "eval_cli"
   result: dict[str, Any] = {"out": str(out)}
   if args.import_ratings and not args.export_pairs:
@@ -454,13 +431,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
   # Library INFO chatter (orbax, jax) drowns the progress bars.
-  import logging  # pylint: disable=import-outside-toplevel
   logging.getLogger().setLevel(logging.WARNING)
-  try:
-    from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
-    absl_logging.set_verbosity(absl_logging.WARNING)
-  except ImportError:  # pragma: no cover
-    pass
+  absl_logging.set_verbosity(absl_logging.WARNING)
   try:
     run(args)
   except SafecompError as e:

@@ -24,7 +24,7 @@ from safecomp.graders.base import Grade, full_name, judged, ungraded
 from safecomp.prompts import Prompt, content_uid
 from safecomp.rewards import composite
 from safecomp.rewards import judge as core
-from safecomp.tokenizers import strip_reasoning
+from safecomp.tokenizers import load_tokenizer, strip_reasoning
 
 
 def checkpoint_version(path: str | pathlib.Path) -> str:
@@ -85,7 +85,6 @@ class JudgeGrader:
   def from_checkpoint(cls, path: str | pathlib.Path, spec: Any, *, family: Optional[str] = None,
                       dtype: str = "float32", **kw) -> "JudgeGrader":
     """Loads the judge from a local Hugging Face directory (weights, config and tokenizer)."""
-    from safecomp.tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
     tokenizer = load_tokenizer(path)
     model, params = models.load_pretrained(path, dtype=dtype, heads=("lm",), tokenizer=tokenizer)
     return cls(model, params, tokenizer, spec, family=family, version=checkpoint_version(path), **kw)

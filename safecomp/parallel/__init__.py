@@ -10,7 +10,7 @@ from safecomp.parallel.sharding import (abstract_like, abstract_params, batch_sh
                                         place, put_batch, replicated, shard_bytes, state_shardings,
                                         with_shardings)
 from safecomp.parallel.step import (ShardedStep, accumulate_gradients, accumulating_optimizer,
-                                    policy_forward, ppo_step_fn, shard_step, sft_step_fn,
+                                    policy_forward, ppo_step_fn, shard_step,
                                     split_microbatches, unjit)
 
 __all__ = [
@@ -20,6 +20,6 @@ __all__ = [
     "host_rows", "init_sharded_state", "is_main_process", "logical_shardings", "make_mesh",
     "maybe_initialize_distributed", "mesh_context", "mesh_shape", "mesh_sizes",
     "param_shardings", "parse_mesh", "place", "policy_forward", "ppo_step_fn", "put_batch",
-    "replicated", "rules_from_config", "rules_section", "shard_bytes", "shard_step", "sft_step_fn", "split_microbatches",
+    "replicated", "rules_from_config", "rules_section", "shard_bytes", "shard_step", "split_microbatches",
     "state_shardings", "unjit", "with_shardings",
 ]

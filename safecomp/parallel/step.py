@@ -5,7 +5,7 @@
     param_sh = parallel.param_shardings(cfg, mesh)
     state, state_sh = parallel.init_sharded_state(create, params, param_sh, mesh)
     batch_sh = parallel.batch_shardings(example_batch, mesh)
-    step = parallel.shard_step(parallel.sft_step_fn(model, microbatches=2), mesh, rules, state_sh,
+    step = parallel.shard_step(sft.sft_step_fn(model, microbatches=2), mesh, rules, state_sh,
                                batch_sh)
     state, metrics = step(state, batch)        # host numpy batch is placed on the mesh first
 
@@ -28,6 +28,7 @@ import optax
 from jax.sharding import AbstractMesh
 
 from safecomp.parallel.mesh import DEFAULT_RULES, AnyMesh, mesh_context
+from safecomp.rl import ppo as ppo_lib
 from safecomp.parallel.sharding import put_batch, replicated
 
 StepFn = Callable[..., tuple[Any, Any]]
@@ -163,13 +164,7 @@ def accumulating_optimizer(tx: optax.GradientTransformation, every_k: int
   return optax.MultiSteps(tx, every_k_schedule=every_k).gradient_transformation()
 
 
-# ---------------------------------------------------------------------------- stage step functions
-def sft_step_fn(model, microbatches: int = 1) -> StepFn:
-  """The pure SFT step of `training.sft` (with in-step gradient accumulation)."""
-  from safecomp.training import sft as sft_lib  # pylint: disable=import-outside-toplevel
-  return sft_lib.sft_step_fn(model, microbatches)
-
-
+# ---------------------------------------------------------------------------- the PPO step
 def policy_forward(model) -> Callable:
   """`forward_fn(params, sequences, attention_mask) -> (logits, values)` for `ppo_update`."""
   def forward_fn(params, sequences, attention_mask):
@@ -180,8 +175,6 @@ def policy_forward(model) -> Callable:
 
 def ppo_step_fn(forward_fn: Callable, config) -> StepFn:
   """Pure `(state, {"rollout": rollout, "rng": key}) -> (state, metrics)` around `ppo_update`."""
-  from safecomp.rl import ppo as ppo_lib  # pylint: disable=import-outside-toplevel
-
   def step(state, batch: Mapping[str, Any]):
     return ppo_lib.ppo_update(state, batch["rollout"], forward_fn=forward_fn, config=config,
                               rng=batch["rng"])

@@ -24,6 +24,8 @@ import numpy as np
 
 from safecomp import models
 from safecomp.errors import CheckpointError
+from safecomp.spec import render_rubric
+from safecomp.tokenizers import encode_chat, encode_prompt, encode_prompt_around
 
 SCORE_LABELS = ("1", "2", "3", "4")
 JUDGE_RUBRICS = ("safety", "helpfulness_direct", "helpfulness_indirect")
@@ -98,7 +100,6 @@ def score_token_ids(tokenizer: Any, family: Optional[str] = None,
   Raises:
     CheckpointError: a label that is not exactly one known token, or two labels sharing a token.
   """
-  from safecomp.tokenizers import encode_chat, encode_prompt  # pylint: disable=import-outside-toplevel
   answers = []
   if family is None and template is None:
     answers = [list(tokenizer.encode(label, continuation=True)) for label in labels]
@@ -176,8 +177,6 @@ def rubric_segments(tokenizer: Any, spec: Any, conversations: Sequence[Sequence[
                     family: str, template: Optional[str] = None,
                     rubrics: Sequence[str] = JUDGE_RUBRICS) -> RubricSegments:
   """The judge's rubric prompts for `conversations`, split around the completion (see module doc)."""
-  from safecomp.spec import render_rubric  # pylint: disable=import-outside-toplevel
-  from safecomp.tokenizers import encode_prompt_around  # pylint: disable=import-outside-toplevel
   heads, tails = [], []
   for name in rubrics:
     per_rubric, tail = [], None

@@ -9,6 +9,7 @@ import numpy as np
 from safecomp.constants import INTENTS
 from safecomp.errors import ConfigError, DataError
 from safecomp.testbed import lexicon as lx
+from safecomp.testbed import responses
 from safecomp.testbed.world import World, alarming_level, fill
 
 SPLITS = ("train", "test", "heldout", "multiturn")
@@ -181,7 +182,6 @@ def _multiturn(b: _Builder, uid: str, split: str, topic, intent: str, level: int
 
 
 def _draw_multiturn(b: _Builder, uid: str, split: str, topic, intent: str, level: int) -> Example:
-  from safecomp.testbed import responses  # pylint: disable=import-outside-toplevel
   w, rng = b.world, b.rng
   three_turns = rng.random() < 0.5
   turns, ids = [], []

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import zlib
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from safecomp.testbed import lexicon as lx
-from safecomp.testbed.examples import Example
 from safecomp.testbed.world import World
+
+if TYPE_CHECKING:  # for annotations only: examples draws multi-turn prompts with this module's answers
+  from safecomp.testbed.examples import Example
 
 HARD_REFUSAL = lx.HARD_REFUSAL
 

@@ -15,6 +15,7 @@ import re
 from typing import Any, Iterable, Mapping, Sequence
 
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
 import tokenizers as hf
 
 from safecomp import errors
@@ -300,7 +301,6 @@ class SentencePieceTokenizer(Tokenizer):
                added_tokens: Mapping[str, int] | None = None, legacy: bool = True,
                declared_specials: Sequence[str] | None = None):
     super().__init__(specials, additional, chat_template)
-    from sentencepiece import sentencepiece_model_pb2  # pylint: disable=import-outside-toplevel
     self._proto = model_proto
     self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
     model = sentencepiece_model_pb2.ModelProto()

@@ -9,6 +9,7 @@ import sys
 from typing import Any, Mapping
 
 import numpy as np
+from tensorboardX import SummaryWriter
 import tqdm
 
 from safecomp.parallel.distributed import is_main_process
@@ -39,7 +40,6 @@ class MetricWriter:
       return
     self.path.parent.mkdir(parents=True, exist_ok=True)
     if tensorboard:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
       self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard" / stage))
 
   def truncate_after(self, step: int):

@@ -29,6 +29,7 @@ from safecomp.tasks import files as task_files
 from safecomp import testbed
 from safecomp import tokenizers
 from safecomp.errors import CheckpointError, ConfigError
+from safecomp.graders.reward_model import RewardModelHandle
 from safecomp.parallel import distributed
 from safecomp.rewards import composite
 from safecomp.training import evaluate as eval_stage
@@ -304,7 +305,6 @@ class Pipeline:
   # -- graders -------------------------------------------------------------------------------------
   def reward_model_handle(self):
     """The trained reward model as a host scoring function (the `rm` grader's input)."""
-    from safecomp.graders.reward_model import RewardModelHandle  # pylint: disable=import-outside-toplevel
     model, params = self.trained_reward_model()
     c = self.config
 
@@ -331,12 +331,21 @@ class Pipeline:
 
 
 def open_workdir(workdir: str | pathlib.Path) -> Pipeline:
-  """The `Pipeline` of a finished or running workdir, from the `config.json` its run saved."""
-  path = pathlib.Path(workdir) / "config.json"
+  """The `Pipeline` of a finished or running workdir, from the `config.json` its run saved (checked
+  as at start-up)."""
+  workdir = pathlib.Path(workdir)
+  train = f"python -m safecomp.train --config configs/demo.py --workdir {workdir}"
+  if not workdir.is_dir():
+    raise ConfigError(f"workdir {workdir} does not exist; train it first: {train}")
+  path = workdir / "config.json"
   if not path.is_file():
-    raise ConfigError(f"{path} not found: {workdir} is not a safecomp workdir "
-                      f"(run `python -m safecomp.train --config ... --workdir {workdir}` first)")
-  return Pipeline(config_lib.config_from_json(path), workdir)
+    raise ConfigError(f"{path} not found: {workdir} is not a safecomp workdir; train it first: {train}")
+  config = config_lib.config_from_json(path)
+  try:
+    validate(config)
+  except (KeyError, AttributeError) as e:
+    raise ConfigError(f"{path}: missing config key {e} (saved by an older version?)") from None
+  return Pipeline(config, workdir)
 
 
 def check_batches(config: ml_collections.ConfigDict, mesh) -> None:
