@@ -1,7 +1,9 @@
 """Public-set builders: built offline from the shared data folder into a tmp data_dir."""
 import collections
 import csv
+import inspect
 import json
+import pathlib
 import re
 import shutil
 
@@ -9,7 +11,10 @@ import pytest
 
 from safecomp.constants import INTENTS
 from safecomp.data import public, readers
+from safecomp.data.public import base as public_base
 from safecomp.errors import DataError
+
+TABLE = pathlib.Path(__file__).resolve().parents[1] / "third_party" / "public_datasets.json"
 
 # (dataset, config) -> {split: rows}, as the README and PROVENANCE files document.
 EXPECTED_SIZES = {
@@ -131,6 +136,83 @@ def test_sources_are_pinned_and_checksums_match(shared_data_dir):
     for src in cls.SOURCES.values():
       if src.url in infos:
         assert infos[src.url].checksum == src.sha256
+
+
+def test_builder_sources_come_from_the_table(tmp_path):
+  assert public_base.TABLE_PATH == TABLE
+  table = json.loads(TABLE.read_text(encoding="utf-8"))["datasets"]
+  assert set(table) == set(public.PUBLIC_BUILDERS)
+  for name, cls in public.PUBLIC_BUILDERS.items():
+    entry = table[name]
+    want = {k: public.Source(s["filename"], s["url"], s["sha256"], s["size"],
+                             gzip=s.get("gzip", False), derived=s.get("derived", False),
+                             revision=s["revision"])
+            for k, s in entry["sources"].items()}
+    assert cls.SOURCES == want and public.sources_for(name) == want
+    assert cls.LICENSE == entry["license"]
+    # Each config reads exactly the files the table lists for it.
+    configs = [c.name for c in cls.BUILDER_CONFIGS or []]
+    assert list(entry.get("configs", {})) == configs
+    for config in configs or [None]:
+      builder = cls(config=config, data_dir=str(tmp_path))
+      assert builder.info.as_proto.redistribution_info.license == entry["license"]
+      needed = builder._needed_sources()  # pylint: disable=protected-access
+      assert needed == (entry["configs"][config] if config else list(entry["sources"]))
+    # No URL or checksum is left in the builder's module.
+    code = inspect.getsource(inspect.getmodule(cls))
+    assert "https://raw." not in code and not re.search(r"[0-9a-f]{40}", code), name
+  assert set(public.sources_for("xstest", "completions")) == set(public.XSTEST_MODELS)
+
+
+@pytest.mark.parametrize("break_fn,match", [
+    (lambda d: d["xstest"]["sources"]["prompts"].pop("sha256"),
+     r"key 'datasets\.xstest\.sources\.prompts': missing \['sha256'\]"),
+    (lambda d: d["xstest"]["sources"]["llama2new"].update(sha256="abc"),
+     r"key 'datasets\.xstest\.sources\.llama2new\.sha256': expected 64"),
+    (lambda d: d["rbr_gold"]["sources"]["train"].update(revision="0" * 40),
+     r"key 'datasets\.rbr_gold\.sources\.train\.url': .* not pinned to its revision"),
+    (lambda d: d["coconot"]["sources"]["pref"].update(size="2574178"),
+     r"key 'datasets\.coconot\.sources\.pref\.size'"),
+    (lambda d: d["hh_rlhf_harmless_base"]["sources"]["test"].update(gzip="yes"),
+     r"key 'datasets\.hh_rlhf_harmless_base\.sources\.test\.gzip'"),
+    (lambda d: d["openai_moderation"]["sources"]["test"].update(sha="x"),
+     r"key 'datasets\.openai_moderation\.sources\.test': unknown key\(s\) \['sha'\]"),
+    (lambda d: d["coconot"]["configs"].update(pref=["prefs"]),
+     r"key 'datasets\.coconot\.configs\.pref': \['prefs'\] not in"),
+    (lambda d: d["cyberseceval_frr"].pop("license"),
+     r"key 'datasets\.cyberseceval_frr': missing \['license'\]"),
+    (lambda d: d.pop("simplesafetytests"), r"no entry 'datasets\.simplesafetytests'"),
+])
+def test_malformed_table_entry_names_file_and_key(tmp_path, monkeypatch, break_fn, match):
+  table = json.loads(TABLE.read_text(encoding="utf-8"))
+  break_fn(table["datasets"])
+  path = tmp_path / "public_datasets.json"
+  path.write_text(json.dumps(table, indent=2), encoding="utf-8")
+  monkeypatch.setattr(public_base, "TABLE_PATH", path)
+  with pytest.raises(DataError, match=match) as info:
+    public.sources_for("simplesafetytests")
+  assert info.value.path == str(path)
+  with pytest.raises(DataError, match=match):  # A builder fails before reading any data.
+    public.build_public("simplesafetytests", tmp_path / "d", manual_dir=tmp_path)
+
+
+def test_table_bad_json_unknown_config_and_absent_file(tmp_path, monkeypatch):
+  path = tmp_path / "public_datasets.json"
+  path.write_text(TABLE.read_text(encoding="utf-8").replace('"MIT",', '"MIT"', 1),
+                  encoding="utf-8")
+  monkeypatch.setattr(public_base, "TABLE_PATH", path)
+  with pytest.raises(DataError, match="bad JSON") as info:
+    public.sources_for("rbr_gold")
+  assert info.value.path == str(path) and info.value.line > 1
+  path.write_text(TABLE.read_text(encoding="utf-8"), encoding="utf-8")
+  with pytest.raises(DataError, match=r"no entry 'datasets\.xstest\.configs\.nope'"):
+    public.sources_for("xstest", "nope")
+  with pytest.raises(DataError, match=r"no entry 'datasets\.rbr_gold\.configs'"):
+    public.sources_for("rbr_gold", "default")
+  missing = tmp_path / "third_party" / "public_datasets.json"
+  monkeypatch.setattr(public_base, "TABLE_PATH", missing)
+  with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+    public.RbrGold.SOURCES  # pylint: disable=pointless-statement
 
 
 def test_jailbreakbench_artifact_conversion_matches_manual_csv(shared_data_dir, tmp_path):
