@@ -10,6 +10,7 @@ import numpy as np
 from safecomp import spec as spec_lib
 from safecomp import testbed
 from safecomp.constants import INTENTS
+from safecomp.errors import ConfigError
 from safecomp.graders.oracle import OracleGrader
 from safecomp.prompts import Prompt, as_prompt, normalized_text
 from safecomp.tasks import files
@@ -115,20 +116,32 @@ class TestbedTask:
     c = self.config
     if c.sft.train_file:
       return files.config_sft_conversations(c, split)
+    rows = [row for _, row in self.sft_rows(split)]
+    conversations = [row["messages"] for row in rows if row.get("kept", True)]
+    return conversations, {"generated": len(rows), "kept": len(conversations)}
+
+  def sft_rows(self, split: str) -> list[tuple[testbed.Example, dict]]:
+    """Every testbed teacher row behind `sft_conversations(split)`, kept or dropped by the judge.
+
+    Returns (prompt example, `teachers.make_sft_example`'s row) pairs in generation order; the rows
+    with `kept` are the conversations. Raises `ConfigError` when `sft.train_file` supplies the SFT
+    data instead of the teacher.
+    """
+    c = self.config
+    if c.sft.train_file:
+      raise ConfigError("config key 'sft.train_file': the SFT data is the file's, not the testbed "
+                        "teacher's (read it with sft_conversations)")
     testbed_split = _SPLIT[split]
     n = c.testbed.n_sft if split == "train" else c.testbed.n_sft_eval
     rng = np.random.default_rng([c.seed, 11, SPLIT_IDS[testbed_split]])
-    conversations, stats = [], {"generated": 0, "kept": 0}
+    rows = []
     for example in self.examples(testbed_split, n, seed_offset=1 if split == "train" else 2):
       row = teachers.make_sft_example(
           self.world, self.spec, example, c.sft_style, rng, error_rate=c.testbed.teacher_error_rate,
           judge_miss_rate=c.testbed.judge_miss_rate, reasoning=c.reasoning,
           caution_rate=c.testbed.teacher_caution_rate)
-      stats["generated"] += 1
-      if row.get("kept", True):
-        stats["kept"] += 1
-        conversations.append(row["messages"])
-    return conversations, stats
+      rows.append((example, row))
+    return rows
 
   def rm_rows(self, split: str) -> list[dict]:
     """Labelled reward-model rows: `rm.train_file`'s, or oracle-labelled candidates of every kind.
