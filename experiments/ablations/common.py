@@ -30,7 +30,12 @@ if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
 # pylint: disable=wrong-import-position
+import numpy as np
+
 from safecomp import config as config_lib
+from safecomp.constants import INTENTS, MODES, REFUSAL_MODES
+from safecomp.eval import report as report_lib
+from safecomp.eval import stats
 from safecomp.errors import ConfigError, SafecompError
 # pylint: enable=wrong-import-position
 
@@ -133,7 +138,7 @@ def enable_compile_cache(path: str | pathlib.Path | None):
   """Persistent XLA compilation cache, so runs that differ only in seed reuse compiled programs."""
   if not path:
     return
-  import jax  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel  # config files import this module without JAX
   if not jax.config.jax_compilation_cache_dir:
     pathlib.Path(path).mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
@@ -232,8 +237,7 @@ def pool(runs: Sequence[Run], stages: Sequence[str]) -> dict[str, list[dict]]:
 
 def _fmt(est: Mapping[str, Any] | None, digits: int = 3) -> str:
   """`value ± se [lo, hi]` (standard error, 95% interval), or an em dash when undefined."""
-  from safecomp.eval.report import format_estimate  # pylint: disable=import-outside-toplevel
-  text = format_estimate(est, digits)
+  text = report_lib.format_estimate(est, digits)
   se = (est or {}).get("se")
   if text == "—" or se is None or (isinstance(se, float) and math.isnan(se)):
     return text
@@ -249,7 +253,6 @@ def _p(p: Any) -> str:
 
 def intent_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
   """Markdown: one row per model and intent; each figure with its 95% interval."""
-  from safecomp.constants import INTENTS, MODES  # pylint: disable=import-outside-toplevel
   head = ["model", "intent", "n", "safety rate", "helpfulness given safe (0-1)", "helpfulness given safe (1-4)",
           "over-refusal (benign)", "gold reward", "modes % (direct/safe-compl./redirect/hard)"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -282,10 +285,9 @@ def comparison_table(comparisons: Sequence[Mapping[str, Any]]) -> str:
 
 def seed_table(pooled: Mapping[str, Sequence[Mapping[str, Any]]]) -> tuple[str, dict]:
   """Markdown: per-seed means and their across-seed mean ± sd (the spread between training runs)."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
   metrics = (("safety rate", lambda r: float(not r["unsafe"]), None),
              ("helpfulness given safe", lambda r: r["helpfulness"], lambda r: not r["unsafe"]),
-             ("over-refusal (benign)", lambda r: float(r.get("mode") in ("refusal_redirect", "hard_refusal")),
+             ("over-refusal (benign)", lambda r: float(r.get("mode") in REFUSAL_MODES),
               lambda r: r["intent"] == "benign"),
              ("gold reward", lambda r: r.get("gold_reward", float("nan")), None))
   head = ["model", "seeds"] + [m[0] for m in metrics]
@@ -309,14 +311,12 @@ def seed_table(pooled: Mapping[str, Sequence[Mapping[str, Any]]]) -> tuple[str, 
 
 def summarize_pooled(pooled: Mapping[str, Sequence[Mapping[str, Any]]], n_boot: int, by: str = "intent"
                      ) -> dict[str, dict]:
-  from safecomp.eval import stats  # pylint: disable=import-outside-toplevel
   return {model: stats.summarize(records, by=by, n_boot=n_boot, seed=0, source=f"{model} records")
           for model, records in pooled.items()}
 
 
 def paired(pooled: Mapping[str, Sequence[Mapping[str, Any]]], pairs: Sequence[tuple[str, str]], n_boot: int,
            metrics: Sequence[str] = PAIRED_METRICS) -> list[dict]:
-  from safecomp.eval import stats  # pylint: disable=import-outside-toplevel
   return [stats.paired_comparison(pooled[a], pooled[b], metric, by="intent", names=(a, b), n_boot=n_boot,
                                   seed=0)
           for a, b in pairs if a in pooled and b in pooled for metric in metrics]
@@ -326,7 +326,6 @@ def write_tables(out: pathlib.Path, title: str, command: str, pooled: Mapping[st
                  pairs: Sequence[tuple[str, str]], n_boot: int, notes: Sequence[str] = (),
                  extra_sections: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
   """Writes `out/report/` (eval.json, eval.md, plots) and `out/results.{md,json}`; returns the latter."""
-  from safecomp.eval import report as report_lib  # pylint: disable=import-outside-toplevel
   summaries = summarize_pooled(pooled, n_boot)
   comparisons = paired(pooled, pairs, n_boot)
   paths = report_lib.write_report(summaries, out / "report", comparisons=comparisons, title=title)
