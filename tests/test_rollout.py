@@ -144,3 +144,28 @@ def test_scoring_in_row_chunks_equals_one_pass(setup):
       np.testing.assert_allclose(out[k], expected[k], rtol=0, atol=1e-6, err_msg=k)
   with pytest.raises(ValueError, match="score_chunk_rows=3"):
     jax.jit(rollout_lib.make_rollout(actor, reward_model, dataclasses.replace(CFG, score_chunk_rows=3)))(*args)
+
+
+def test_score_policy_follows_right_padded_prompts(setup):
+  """The rollout scores where the sampler sampled: with right-padded prompts the first response token
+  is predicted at the last real prompt token (not slot P - 1), for log-probs and values alike."""
+  policy, _, arrays = setup
+  policy_params, ref_params, _, prompts, mask, _, key = arrays
+  lengths = np.asarray(mask).sum(1)
+  right_prompts = np.zeros_like(np.asarray(prompts))
+  right_mask = np.zeros_like(np.asarray(mask))
+  for i, n in enumerate(lengths):
+    right_prompts[i, :n] = np.asarray(prompts)[i, -n:]
+    right_mask[i, :n] = 1
+  actor = rollout_lib.ActorCritic(policy)
+  out = jax.device_get(jax.jit(rollout_lib.make_sampler(actor, CFG))(
+      policy_params, ref_params, jnp.asarray(right_prompts), jnp.asarray(right_mask), key))
+  response_mask = out["response_mask"]
+  assert 0 < response_mask.sum() and np.any(lengths < right_prompts.shape[1])
+  np.testing.assert_allclose(out["old_logprobs"], out["sample_logprobs"] * response_mask, atol=1e-4)
+  assert np.all(np.isfinite(out["ref_logprobs"])) and np.all(out["ref_logprobs"][response_mask == 0] == 0)
+  full_mask = np.concatenate([right_mask, response_mask], axis=1)
+  values = np.asarray(policy.apply({"params": policy_params}, out["sequences"], attention_mask=full_mask)["values"])
+  p, rows = right_prompts.shape[1], np.arange(len(lengths))
+  expected = np.concatenate([values[rows, lengths - 1][:, None], values[:, p:-1]], axis=1) * response_mask
+  np.testing.assert_allclose(out["values"], expected, atol=1e-5)

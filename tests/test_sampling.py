@@ -196,3 +196,57 @@ def test_cached_chunks_equal_full_forward(setup):
   chunked = jnp.concatenate([first["logits"], second["logits"]], axis=1)
   m = np.asarray(mask).astype(bool)
   np.testing.assert_allclose(np.asarray(chunked)[m], np.asarray(full)[m], atol=1e-5, rtol=0)
+
+
+def _scoring_layout(side):
+  """Random logits [B, P+N, V] and values [B, P+N] over prompts padded on `side` and responses
+  right-padded after EOS (the rollout's layout), with the prompt lengths."""
+  rng = np.random.default_rng(1)
+  b, p, n, v = 4, 5, 6, 9
+  lengths, response_lengths = np.array([5, 3, 1, 2]), np.array([6, 2, 1, 4])
+  slots = np.arange(p)[None]
+  prompt_mask = (slots >= p - lengths[:, None]) if side == "left" else (slots < lengths[:, None])
+  response_mask = (np.arange(n)[None] < response_lengths[:, None]).astype(np.int32)
+  sequences = rng.integers(0, v, (b, p + n)).astype(np.int32)
+  logits = jnp.asarray(rng.normal(size=(b, p + n, v)) * 3, jnp.float32)
+  values = jnp.asarray(rng.normal(size=(b, p + n)), jnp.float32)
+  return (logits, values, jnp.asarray(sequences), jnp.asarray(prompt_mask.astype(np.int32)),
+          jnp.asarray(response_mask), lengths)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_response_logprobs_left_padding_is_the_plain_shift_bit_for_bit(jit):
+  """Left-padded prompts: the one alignment (`response_outputs`) is the shift the rollout and the PPO
+  update used before they shared it, to the bit, with the response's right padding scoring 0."""
+  logits, values, sequences, prompt_mask, response_mask, _ = _scoring_layout("left")
+  p, n, temperature = prompt_mask.shape[1], response_mask.shape[1], 0.7
+  wrap = jax.jit if jit else (lambda f: f)
+  got = wrap(lambda lg, s, pm, rm: M.response_logprobs(lg, s, pm, temperature, rm))(
+      logits, sequences, prompt_mask, response_mask)
+  shift = wrap(lambda lg, s, rm: M.token_logprobs(lg[:, -n - 1:-1], s[:, -n:], temperature) * rm)(
+      logits, sequences, response_mask)
+  assert np.asarray(got).tobytes() == np.asarray(shift).tobytes()
+  assert np.all(np.asarray(got)[np.asarray(response_mask) == 0] == 0)
+  np.testing.assert_array_equal(wrap(M.response_outputs)(values, prompt_mask),
+                                np.asarray(values)[:, p - 1:-1])
+
+
+def test_response_outputs_right_padding_reads_the_last_prompt_token():
+  """Right-padded prompts: response token 0 is predicted at the last real prompt token, the rest at
+  the response's own slots; logits, values and log-probs all follow that one alignment."""
+  logits, values, sequences, prompt_mask, response_mask, lengths = _scoring_layout("right")
+  p, temperature = prompt_mask.shape[1], 0.7
+  rows = np.arange(len(lengths))
+  for x in (logits, values):
+    expected = np.concatenate([np.asarray(x)[rows, lengths - 1][:, None], np.asarray(x)[:, p:-1]], 1)
+    np.testing.assert_array_equal(M.response_outputs(x, prompt_mask), expected)
+  got = np.asarray(M.response_logprobs(logits, sequences, prompt_mask, temperature, response_mask))
+  logp = np.asarray(jax.nn.log_softmax(np.asarray(logits) / np.float32(temperature), axis=-1))
+  for b, length in enumerate(lengths):
+    for i in range(response_mask.shape[1]):
+      pos = length - 1 if i == 0 else p - 1 + i
+      want = logp[b, pos, sequences[b, p + i]] * response_mask[b, i]
+      np.testing.assert_allclose(got[b, i], want, atol=1e-5, rtol=0)
+  # A plain shift reads padding for every row whose prompt is shorter than P.
+  shift = np.asarray(M.token_logprobs(logits[:, p - 1:-1], sequences[:, p:], temperature))
+  assert not np.allclose(got[lengths < p, 0], shift[lengths < p, 0])

@@ -131,16 +131,42 @@ def generate(model: Transformer, params: Mapping, prompt_tokens: Array, prompt_m
                       finished=finished)
 
 
+def response_outputs(outputs: Array, prompt_mask: Array) -> Array:
+  """The per-position model outputs [B, N, ...] that predict the N response tokens.
+
+  `outputs` [B, P+N, ...] (logits, values, hidden states) come from a forward over `sequences` =
+  concat(prompt [B, P], response [B, N]) with mask concat(prompt_mask, response_mask). Response token
+  i > 0 is predicted at slot P-1+i; token 0 at the last real prompt token, which is slot P-1 for left
+  padding and earlier for right padding (slot 0 for an empty prompt row). Outputs at response slots
+  after EOS (right padding of the response) are returned as they are: mask them with response_mask.
+  The one definition of this alignment for the sampler, the rollout's scoring and the PPO update.
+  """
+  chex.assert_rank(prompt_mask, 2)
+  if outputs.ndim < 2:
+    raise ValueError(f"outputs must be [B, P+N, ...], got shape {outputs.shape}")
+  prompt_len = prompt_mask.shape[1]
+  if outputs.shape[0] != prompt_mask.shape[0] or outputs.shape[1] <= prompt_len:
+    raise ValueError(f"outputs of shape {outputs.shape} do not extend prompt_mask of shape "
+                     f"{prompt_mask.shape} by a response")
+  index = last_token_index(prompt_mask).reshape((-1,) + (1,) * (outputs.ndim - 1))
+  first = jnp.take_along_axis(outputs, index, axis=1)
+  return jnp.concatenate([first, outputs[:, prompt_len:-1]], axis=1)
+
+
 def response_logprobs(logits: Array, sequences: Array, prompt_mask: Array,
-                      temperature: float = 1.0) -> Array:
+                      temperature: float = 1.0, response_mask: Array | None = None) -> Array:
   """Per-token log-probs [B, N] of the response part of `sequences` from a training forward.
 
-  `logits` [B, P+N, V] come from a forward over `sequences` with mask concat(prompt_mask,
-  response_mask). The first response token is predicted at the last real prompt token (which is
-  slot P-1 only for left padding).
+  `logits` [B, P+N, V] come from a forward over `sequences` [B, P+N] with mask concat(prompt_mask,
+  response_mask); prompts may be left- or right-padded (see `response_outputs`). With
+  `response_mask` [B, N] the log-probs are multiplied by it, so the response's right padding (after
+  EOS) scores 0.
   """
-  chex.assert_rank(logits, 3)
-  prompt_len = prompt_mask.shape[1]
-  first = jnp.take_along_axis(logits, last_token_index(prompt_mask)[:, None, None], axis=1)
-  pred = jnp.concatenate([first, logits[:, prompt_len:-1]], axis=1)
-  return token_logprobs(pred, sequences[:, prompt_len:], temperature)
+  chex.assert_rank([logits, sequences], [3, 2])
+  chex.assert_equal_shape_prefix([logits, sequences], 2)
+  logp = token_logprobs(response_outputs(logits, prompt_mask), sequences[:, prompt_mask.shape[1]:],
+                        temperature)
+  if response_mask is not None:
+    chex.assert_equal_shape([logp, response_mask])
+    logp = logp * response_mask
+  return logp

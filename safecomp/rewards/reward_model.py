@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from safecomp.constants import SEVERITIES
+from safecomp.models.masking import masked_mean
 from safecomp.rewards import composite
 
 NUM_SEVERITIES = len(SEVERITIES)
@@ -32,7 +33,8 @@ def _mask_or_ones(mask: Optional[chex.Array], like: chex.Array) -> chex.Array:
 
 
 def _masked_mean(x: chex.Array, mask: chex.Array) -> chex.Array:
-  return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  # A denominator of at least 1: fractional row weights summing below 1 are not renormalised.
+  return masked_mean(x, mask, min_count=1.0)
 
 
 # ----------------------------------------------------------------------------- losses

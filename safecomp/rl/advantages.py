@@ -6,21 +6,9 @@ import jax
 import jax.numpy as jnp
 
 from safecomp.errors import ConfigError
+from safecomp.models.masking import masked_mean, masked_sum  # re-exported: rl.masked_mean, rl.masked_sum
 from safecomp.models.transformer import last_token_index
 from safecomp.rl import kl as kl_lib
-
-
-def masked_sum(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
-  """Sum of `x` over positions where `mask` is 1."""
-  return jnp.sum(x * mask.astype(x.dtype), axis=axis)
-
-
-def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
-  """Mean of `x` over positions where `mask` is 1 (0 where nothing is valid)."""
-  chex.assert_equal_shape([x, mask])
-  x = x.astype(jnp.float32)
-  count = jnp.sum(mask.astype(jnp.float32), axis=axis)
-  return masked_sum(x, mask, axis) / jnp.maximum(count, 1e-8)
 
 
 def masked_var(x: jax.Array, mask: jax.Array, unbiased: bool = True) -> jax.Array:

@@ -1,9 +1,10 @@
 """One PPO / GRPO / RLOO update over a rollout batch, compiled as a single computation.
 
 The model is reached only through `forward_fn(params, sequences [B, L] int32, attention_mask [B, L])
--> (logits [B, L, V], values [B, L] or None)`. Prompts are left-padded to width P and responses have
-width N, so `sequences = concat(prompt, response)`, L = P + N, and the logits that predict response
-token i sit at position P - 1 + i.
+-> (logits [B, L, V], values [B, L] or None)`. Prompts are padded to width P and responses have width
+N, so `sequences = concat(prompt, response)`, L = P + N, and the logits that predict response token
+i sit at position P - 1 + i (for i = 0: at the last real prompt token, which is P - 1 when prompts
+are left-padded; see `safecomp.models.response_outputs`).
 """
 import dataclasses
 from typing import Any, Callable, Mapping
@@ -15,7 +16,7 @@ import optax
 from flax.training import train_state
 
 from safecomp.errors import ConfigError, SafecompError
-from safecomp.models import token_logprobs
+from safecomp.models import response_outputs, token_logprobs
 from safecomp.rl import advantages as adv_lib
 from safecomp.rl import kl as kl_lib
 from safecomp.rl import losses
@@ -168,14 +169,18 @@ def _check_rollout(rollout: Mapping[str, jax.Array], config: PPOConfig) -> tuple
 def response_logits_values(
     forward_fn: ForwardFn, params: Any, sequences: jax.Array, attention_mask: jax.Array,
     response_width: int, temperature: float) -> tuple[jax.Array, jax.Array | None]:
-  """Temperature-scaled logits [B, N, V] (float32) and values [B, N] for the response tokens."""
+  """Temperature-scaled logits [B, N, V] (float32) and values [B, N] for the response tokens.
+
+  Both are read at the positions that predict the response tokens (`models.response_outputs`: the
+  last real prompt token, then the response's own slots), so left- and right-padded prompts work.
+  """
   logits, values = forward_fn(params, sequences, attention_mask)
-  p = sequences.shape[1] - response_width
+  prompt_mask = attention_mask[:, :sequences.shape[1] - response_width]
   chex.assert_rank(logits, 3)
-  logits = logits[:, p - 1:-1].astype(jnp.float32) / temperature
+  logits = response_outputs(logits, prompt_mask).astype(jnp.float32) / temperature
   if values is not None:
     chex.assert_rank(values, 2)
-    values = values[:, p - 1:-1].astype(jnp.float32)
+    values = response_outputs(values, prompt_mask).astype(jnp.float32)
   return logits, values
 
 

@@ -111,18 +111,19 @@ def score_policy(actor: ActorCritic, params, ref_params, batch: dict, cfg: Rollo
   n = batch["response_mask"].shape[1]
 
   def score(rows):
-    responses = rows["sequences"][:, -n:]
+    sequences, mask = rows["sequences"], rows["response_mask"]
+    # sequences = [prompt (left- or right-padded, fixed width) | response (right-padded after EOS)].
+    prompt_mask = rows["attention_mask"][:, :-n]
 
     def response_logprobs(logits):
-      return models.token_logprobs(logits[:, -n - 1:-1].astype(jnp.float32), responses, cfg.temperature)
+      return models.response_logprobs(logits, sequences, prompt_mask, cfg.temperature, mask)
 
-    logits, values = actor.forward(params, rows["sequences"], rows["attention_mask"])
-    values = jnp.zeros(responses.shape, jnp.float32) if values is None else values[:, -n - 1:-1]
-    ref = actor.policy_model.apply({"params": ref_params}, rows["sequences"],
-                                   attention_mask=rows["attention_mask"])
-    mask = rows["response_mask"]
-    return {"old_logprobs": response_logprobs(logits) * mask, "values": values.astype(jnp.float32) * mask,
-            "ref_logprobs": response_logprobs(ref["logits"]) * mask}
+    logits, values = actor.forward(params, sequences, rows["attention_mask"])
+    values = (jnp.zeros(mask.shape, jnp.float32) if values is None
+              else models.response_outputs(values, prompt_mask))
+    ref = actor.policy_model.apply({"params": ref_params}, sequences, attention_mask=rows["attention_mask"])
+    return {"old_logprobs": response_logprobs(logits), "values": values.astype(jnp.float32) * mask,
+            "ref_logprobs": response_logprobs(ref["logits"])}
 
   rows = {k: batch[k] for k in ("sequences", "attention_mask", "response_mask")}
   return map_rows(score, rows, cfg.score_chunk_rows)
