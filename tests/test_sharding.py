@@ -181,7 +181,7 @@ def test_shard_step_with_accumulation_matches_plain_step():
       create, params, parallel.param_shardings(cfg, mesh), mesh)
   batch_sh = parallel.batch_shardings(batch, mesh)
   assert parallel.host_rows(batch_sh["tokens"], 8).tolist() == list(range(8))
-  step = parallel.shard_step(parallel.sft_step_fn(model, microbatches=4), mesh,
+  step = parallel.shard_step(sft_lib.sft_step_fn(model, microbatches=4), mesh,
                              parallel.DEFAULT_RULES, shardings, batch_sh)
   new_state, metrics = step(state, batch)
   for key in ("loss", "token_accuracy", "target_tokens", "grad_norm"):
@@ -204,7 +204,7 @@ def test_abstract_mesh_step_lowers_but_does_not_run():
   abstract = jax.eval_shape(create, shapes)
   ssh = parallel.state_shardings(abstract, parallel.param_shardings(cfg, mesh), mesh)
   bsh = parallel.batch_shardings(batch, mesh)
-  step = parallel.shard_step(parallel.sft_step_fn(model, microbatches=2), mesh,
+  step = parallel.shard_step(sft_lib.sft_step_fn(model, microbatches=2), mesh,
                              parallel.DEFAULT_RULES, ssh, bsh)
   lowered = step.lower(parallel.with_shardings(abstract, ssh),
                        parallel.with_shardings(jax.tree.map(

@@ -97,7 +97,7 @@ def run_sft(results):
     bsh = parallel.batch_shardings(batch, mesh)
     # On the 3-axis mesh the step also accumulates gradients over 2 strided micro-batches.
     micro = 2 if sizes["tensor"] == 2 else 1
-    step = parallel.shard_step(parallel.sft_step_fn(model, microbatches=micro), mesh,
+    step = parallel.shard_step(sft_lib.sft_step_fn(model, microbatches=micro), mesh,
                                parallel.DEFAULT_RULES, ssh, bsh, donate=False)
     new_state, metrics = step(state, batch)
     out[f"{name}/loss"] = float(metrics["loss"])
