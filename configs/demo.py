@@ -176,6 +176,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "initialize": False, "coordinator_address": "", "num_processes": -1, "process_id": -1,
       "local_device_ids": "", "cpu_collectives": "gloo"})
 
+  # Compiled programs are kept on disk and reused by reruns and other runs of the same shapes:
+  # "" = ~/.cache/safecomp/jax (or $XDG_CACHE_HOME/safecomp/jax), a directory, or "none".
+  c.compile_cache_dir = ""
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.max_to_keep = 2
   c.max_consecutive_nonfinite = 5

@@ -29,6 +29,7 @@ def demo_run(tmp_path_factory):
 def test_every_stage_runs_and_reports(demo_run):
   workdir, summaries = demo_run
   assert list(summaries) == ["sft", "rm", "ppo", "eval"]
+  assert all(0 <= s["compile_seconds"] <= s["seconds"] for s in summaries.values())
   assert summaries["sft"]["eval_loss"] > 0 and summaries["sft"]["kept"] <= summaries["sft"]["generated"]
   assert 0 <= summaries["rm"]["severity_accuracy"] <= 1
   for name in ("sft", "ppo"):

@@ -134,17 +134,6 @@ def parse_seeds(text: str) -> list[int]:
   return seeds
 
 
-def enable_compile_cache(path: str | pathlib.Path | None):
-  """Persistent XLA compilation cache, so runs that differ only in seed reuse compiled programs."""
-  if not path:
-    return
-  import jax  # pylint: disable=import-outside-toplevel  # config files import this module without JAX
-  if not jax.config.jax_compilation_cache_dir:
-    pathlib.Path(path).mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
 def check_out_dir(out: pathlib.Path, identity: dict):
   """Refuses an output folder that holds an experiment with another scale / experiment name."""
   path = out / "experiment.json"

@@ -29,6 +29,7 @@ import sys
 import time
 
 from safecomp.config import load_module
+from safecomp.training import compilation
 
 HERE = pathlib.Path(__file__).resolve().parent
 ABLATIONS = ("reward_form", "spec_granularity", "reasoning", "multiturn", "long_training")
@@ -54,7 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--report-only", action="store_true",
                       help="train nothing: tabulate the runs whose eval stage finished")
   parser.add_argument("--compile-cache", default=None,
-                      help="persistent XLA compilation cache (default DIR/jax_cache; '' turns it off)")
+                      help="persistent XLA compilation cache directory (default: the runs' compile_cache_dir, "
+                      "~/.cache/safecomp/jax; 'none' turns it off)")
   return parser.parse_args(argv)
 
 
@@ -195,7 +197,7 @@ def main(argv=None) -> int:
     variants.insert(0, module.BASELINE)
   out = pathlib.Path(args.out)
   common.check_out_dir(out, {"experiment": f"ablation {args.ablation}", "scale": args.scale})
-  common.enable_compile_cache(out / "jax_cache" if args.compile_cache is None else args.compile_cache)
+  compilation.enable_cache(args.compile_cache or "")
   runs = make_runs(module, out, seeds, args.scale, variants)
   start = time.time()
   if args.report_only:

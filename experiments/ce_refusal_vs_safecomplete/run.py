@@ -23,6 +23,7 @@ import sys
 import time
 
 from safecomp.config import load_module
+from safecomp.training import compilation
 
 HERE = pathlib.Path(__file__).resolve().parent
 ARMS = ("refusal", "safe_completion")
@@ -41,7 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--report-only", action="store_true",
                       help="train nothing: tabulate the runs whose eval stage finished")
   parser.add_argument("--compile-cache", default=None,
-                      help="persistent XLA compilation cache (default DIR/jax_cache; '' turns it off)")
+                      help="persistent XLA compilation cache directory (default: the runs' compile_cache_dir, "
+                      "~/.cache/safecomp/jax; 'none' turns it off)")
   return parser.parse_args(argv)
 
 
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
   seeds = common.parse_seeds(args.seeds)
   out = pathlib.Path(args.out)
   common.check_out_dir(out, {"experiment": "ce_refusal_vs_safecomplete", "scale": args.scale})
-  common.enable_compile_cache(out / "jax_cache" if args.compile_cache is None else args.compile_cache)
+  compilation.enable_cache(args.compile_cache or "")
   runs = make_runs(out, seeds, args.scale)
   start = time.time()
   if args.report_only:

@@ -32,6 +32,7 @@ from safecomp.errors import CheckpointError, ConfigError
 from safecomp.graders.reward_model import RewardModelHandle
 from safecomp.parallel import distributed
 from safecomp.rewards import composite
+from safecomp.training import compilation
 from safecomp.training import evaluate as eval_stage
 from safecomp.training import generation
 from safecomp.training import loop as loop_lib
@@ -48,7 +49,7 @@ SHAPE_KEYS = ("model", "testbed.world_seed", "max_seq_len")
 # and saves, how the same arithmetic is laid out over devices and processes, where public sets are
 # cached and how a grader server is reached. Changing them never invalidates a finished stage.
 NEUTRAL_KEYS = (
-    "stages", "arm", "mesh", "distributed", "checkpoint", "max_consecutive_nonfinite",
+    "stages", "arm", "mesh", "distributed", "checkpoint", "max_consecutive_nonfinite", "compile_cache_dir",
     "task.data_dir", "task.public_manual_dir", "task.allow_testbed_with_pretrained",
     "sft.microbatches", "sft.log_every", "sft.eval_every", "sft.checkpoint_every",
     "rm.microbatches", "rm.log_every", "rm.checkpoint_every",
@@ -578,6 +579,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   validate(config)
   check_retrain_from(config, retrain_from)
   parallel.maybe_initialize_distributed(config)  # before any other JAX call touches devices
+  cache = compilation.enable_cache(config.get("compile_cache_dir", ""))
   p = Pipeline(config, workdir)
   try:
     check_batches(config, p.mesh)
@@ -589,6 +591,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
       _start(p, plan, text)
     distributed.sync("safecomp_start")
     print(f"safecomp config (saved to {p.workdir / 'config.json'}):\n{config}", flush=True)
+    print(f"[compile] persistent compilation cache: {cache or 'off'}", flush=True)
     summaries = {}
     for stage in config.stages:
       ckpt = p.checkpointer(stage)
@@ -598,10 +601,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
         continue
       if distributed.is_main_process() and (not plan.trained[stage] or ckpt.recorded_config() is None):
         ckpt.record_config(text)  # what its checkpoints are trained with, before the first one
-      start = time.time()
+      start, compiling = time.time(), compilation.compile_seconds()
       print(f"[{stage}] starting", flush=True)
       summary = STAGE_FNS[stage](p)
       summary["seconds"] = round(time.time() - start, 1)
+      summary["compile_seconds"] = round(compilation.compile_seconds() - compiling, 1)
       if distributed.is_main_process():
         ckpt.mark_done(ckpt.latest_step() or 0, summary)
       distributed.sync(f"safecomp_{stage}_done")  # later stages read DONE.json
