@@ -37,9 +37,10 @@ def subprocess_env(**extra) -> dict:
 @pytest.fixture(scope="module", autouse=True)
 def eight_device_runs():
   """Starts the SFT and PPO 8-device processes at once; the tests here run while they work."""
-  procs = [subprocess.Popen([sys.executable, str(HELPERS / "sharded_equivalence.py"), part],
-                            cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for part in ("sft", "ppo")]
+  commands = [[str(HELPERS / "sharded_equivalence.py"), part] for part in ("sft", "ppo")]
+  commands.append([str(HELPERS / "sharded_generation.py")])
+  procs = [subprocess.Popen([sys.executable, *command], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for command in commands]
   yield procs
   for proc in procs:
     if proc.poll() is None:
@@ -290,3 +291,14 @@ def test_parameters_are_split(eight_devices):
   assert sft["8x1x1/batch_shard"] == [2, 24]
   assert sft["2x4x1/batch_shard"] == [2, 24]
   assert sft["2x2x2/batch_shard"] == [4, 24]
+
+
+# ------------------------------------------------------------------------------------ generation
+def test_sharded_generation_matches_one_device_token_for_token(eight_devices):
+  """The eval stage, the eval CLI and the reward model's policy samples generate with the policy split
+  over the training mesh and the batch over its data axes: greedy answers equal one device's."""
+  out = eight_devices["generation"]
+  assert out["tokens"] > 100
+  for name in ("8x1x1", "2x2x2", "1x4x2"):
+    assert out[name]["same"], name
+  assert out["1x4x2"]["embedding_shard"][1] < 64 and out["2x2x2"]["embedding_shard"][0] < out["8x1x1"]["embedding_shard"][0]

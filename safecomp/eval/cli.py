@@ -53,6 +53,7 @@ import ml_collections
 import numpy as np
 
 from safecomp import graders as graders_lib
+from safecomp import parallel
 from safecomp import tasks
 from safecomp.errors import SafecompError
 from safecomp.eval import human
@@ -179,7 +180,8 @@ def generate(policy: Policy, prompts: Sequence) -> list[str]:
                                   pad_id=tok.pad_id, greedy=c.eval.greedy, temperature=1.0)
   batch_size = min(c.eval.batch_size, len(prompts))
   return generation.generate_texts(model, params, tok, [x.message_list for x in prompts], c.chat_template,
-                                   c.max_prompt_len, cfg, batch_size, c.seed, f"generate {policy.name}")
+                                   c.max_prompt_len, cfg, batch_size, c.seed, f"generate {policy.name}",
+                                   mesh=p.mesh, rules=parallel.rules_from_config(c))
 
 
 def make_grader(args: argparse.Namespace, base):

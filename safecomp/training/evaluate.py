@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 
 from safecomp import graders as graders_lib
+from safecomp import parallel
 from safecomp.eval import plots
 from safecomp.eval import report as report_lib
 from safecomp.eval import stats
@@ -116,7 +117,8 @@ def run_eval(p) -> dict:
   all_records, summaries = {}, {}
   for name, params in policies.items():
     texts = generation.generate_texts(model, params, tok, [x.message_list for x in prompts], c.chat_template,
-                                      c.max_prompt_len, cfg, c.eval.batch_size, c.seed, f"eval {name}")
+                                      c.max_prompt_len, cfg, c.eval.batch_size, c.seed, f"eval {name}",
+                                      mesh=p.mesh, rules=parallel.rules_from_config(c))
     records = grade_records(grader, prompts, texts, name, to_safety)
     if rm_grader is not None:
       add_proxy_rewards(records, rm_grader, prompts, texts, to_safety)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
+from safecomp import parallel
 from safecomp.errors import ConfigError
 from safecomp.prompts import Prompt
 from safecomp.tokenizers import encode_prompt, end_of_turn
@@ -31,19 +33,54 @@ def decode_responses(tokenizer, tokens: np.ndarray, mask: np.ndarray, stop: tupl
   return out
 
 
+def _sampler(model, params, cfg: rollout_lib.RolloutConfig, mesh, rules, batch_size: int):
+  """(params on the devices, `sample(params, batch, rng)`) for batches of `batch_size` rows.
+
+  On a mesh of several devices the policy is split as in training (`param_shardings` under `rules`) and
+  each batch over the data axes; every process passes the whole batch and gets every row back.
+  """
+  def sample_fn(params, batch, rng):
+    return rollout_lib.sample(model, params, batch["tokens"], batch["attention_mask"], rng, cfg)
+
+  if mesh is None or mesh.devices.size == 1:
+    jitted = jax.jit(sample_fn)
+    return params, lambda params, batch, rng: jax.device_get(jitted(params, batch, rng))
+  param_sh = parallel.param_shardings(model.config, mesh, rules)
+  example = {"tokens": np.zeros((batch_size, 1), np.int32), "attention_mask": np.zeros((batch_size, 1), np.int32)}
+  batch_sh = parallel.batch_shardings(example, mesh, rules)
+  step = parallel.ShardedStep(jax.jit(sample_fn, in_shardings=(param_sh, batch_sh, parallel.replicated(mesh))),
+                              mesh, rules, batch_sh, batch_size)
+  rows = parallel.host_rows(batch_sh["tokens"], batch_size)
+
+  def sample(params, batch, rng):
+    out = step(params, {k: v[rows] for k, v in batch.items()}, rng)
+    return multihost_utils.process_allgather(out, tiled=True)
+
+  return parallel.place(params, param_sh), sample
+
+
 def generate_texts(model, params, tokenizer, conversations: Sequence[list[dict]], family: str,
                    max_prompt_len: int, cfg: rollout_lib.RolloutConfig, batch_size: int, seed: int,
-                   desc: str) -> list[str]:
-  """Responses for every conversation, in batches of a fixed shape (one compilation)."""
+                   desc: str, *, mesh=None, rules=parallel.DEFAULT_RULES) -> list[str]:
+  """Responses for every conversation, in batches of a fixed shape (one compilation).
+
+  With `mesh` (the run's training mesh, `rules` its logical-axis rules) the policy stays split over the
+  devices as in training and each batch is split over the data axes, so a model too large for one device
+  can answer; `batch_size` is then rounded up to a multiple of the batch axes. The same seed gives the
+  same responses either way (greedy decoding token for token; see tests/test_sharding.py).
+  """
   arrays = batching.prompts_to_arrays(tokenizer, conversations, family, max_prompt_len)
   n = len(conversations)
-  sample = jax.jit(lambda params, prompts, mask, rng: rollout_lib.sample(model, params, prompts, mask, rng, cfg))
+  if mesh is not None:
+    divisor = parallel.batch_divisor(mesh, rules)
+    batch_size = -(-batch_size // divisor) * divisor
+  params, sample = _sampler(model, params, cfg, mesh, rules, batch_size)
   texts: list[str] = []
   bar = progress(n, desc)
   for start in range(0, n, batch_size):
     index = np.arange(start, start + batch_size) % n  # pad the last batch by wrapping around
-    out = jax.device_get(sample(params, arrays["tokens"][index], arrays["attention_mask"][index],
-                                jax.random.key(seed + start)))
+    out = sample(params, {"tokens": arrays["tokens"][index], "attention_mask": arrays["attention_mask"][index]},
+                 jax.random.key(seed + start))
     width = cfg.max_new_tokens
     batch_texts = decode_responses(tokenizer, out["sequences"][:, -width:], out["response_mask"],
                                    tuple(np.atleast_1d(cfg.eos_id).tolist()))

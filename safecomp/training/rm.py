@@ -12,6 +12,7 @@ from flax.training import train_state
 
 from safecomp import graders as graders_lib
 from safecomp import models
+from safecomp import parallel
 from safecomp.errors import ConfigError
 from safecomp.parallel.distributed import is_main_process
 from safecomp.parallel.step import accumulate_gradients
@@ -128,7 +129,7 @@ def policy_rm_rows(p, split: str, model, params, labeler) -> tuple[list[dict], i
   texts = generation.generate_texts(model, params, tok, [x.message_list for x in prompts], c.chat_template,
                                     c.max_prompt_len, cfg, c.eval.batch_size,
                                     seed=c.seed * 1000 + 31 * SAMPLE_SEED_SPLIT[split],
-                                    desc=f"rm samples ({split})")
+                                    desc=f"rm samples ({split})", mesh=p.mesh, rules=parallel.rules_from_config(c))
   grades = labeler.grade(prompts, texts)
   rows = [{"messages": prompt.message_list + [{"role": "assistant", "content": text}],
            "severity": g.severity, "helpfulness": g.helpfulness, "policy_sample": True}
