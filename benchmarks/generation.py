@@ -125,6 +125,16 @@ def run_generation(shape: LlamaShape, batches: Sequence[int], prompt_len: int, n
   return results
 
 
+def generation_rows(results: Sequence[GenerationResult]) -> list[dict]:
+  """The generation table as JSON rows (numbers, not formatted text)."""
+  return [{"batch": r.batch, "prompt_len": r.prompt_len, "new_tokens": r.new_tokens,
+           "safecomp_tokens_per_s": r.safecomp_tps, "hf_tokens_per_s": r.hf_tps,
+           "speedup_vs_hf": r.safecomp_tps / r.hf_tps, "safecomp_call_s": r.safecomp.median,
+           "hf_call_s": r.hf.median, "safecomp_compile_s": r.safecomp_compile_s,
+           "safecomp_xla_bytes": r.safecomp_xla_bytes, "torch_threads": r.torch_threads,
+           "token_agreement": r.token_agreement} for r in results]
+
+
 def generation_table(results: Sequence[GenerationResult], shape: LlamaShape) -> str:
   rows = []
   for r in results:

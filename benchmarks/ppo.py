@@ -415,6 +415,17 @@ def run_ppo(c, vocab_size: int = DEMO_VOCAB, baselines: tuple = ("trl", "torch")
                    sides=sides, critic=p.critic, xla_bytes=xla)
 
 
+def ppo_rows(result: PPOResult) -> list[dict]:
+  """The PPO table as JSON rows; `time_vs_safecomp` = this side's time over safecomp's (> 1: safecomp
+  is faster)."""
+  ours = result.sides[0]
+  return [{"implementation": side.name, "critic": side.critic,
+           "s_per_iteration": None if side.timing is None else side.timing.median,
+           "time_vs_safecomp": None if side.timing is None else side.timing.median / ours.timing.median,
+           "tokens_per_response": side.response_tokens, "setup_s": side.setup_s, "torch_threads": side.threads,
+           "note": side.note, "error": side.error} for side in result.sides]
+
+
 def ppo_table(result: PPOResult) -> str:
   ours = result.sides[0]
   rows = []

@@ -132,7 +132,9 @@ def section_sft(sizes: Sizes, out: list, data: dict) -> None:
     log(f"sft: {name} model, batch {batch} x {seq_len}")
     results.append(sft_lib.sft_step(name, cfg, batch, seq_len, sizes.min_reps, sizes.max_reps,
                                      sizes.target_s))
-  data["sft"] = {"matmul_peak": peaks, "steps": results}
+  data["raw"]["sft"] = {"matmul_peak": peaks, "steps": results}
+  data["matmul_peak"] = [{"dtype": r.dtype, "n": r.n, "flops_per_s": r.flops_per_s} for r in peaks]
+  data["sft"] = sft_lib.sft_rows(results, fp32_peak)
   out.append("## Dense-matmul peak (this machine, this run)\n")
   out.append(sft_lib.peak_table(peaks))
   out.append("")
@@ -156,7 +158,8 @@ def section_generate(sizes: Sizes, out: list, data: dict, torch_threads: Any) ->
       sizes.gen_shape, sizes.gen_batches, sizes.gen_prompt_len, sizes.gen_new_tokens,
       sizes.min_reps, sizes.max_reps, sizes.target_s, torch_threads=torch_threads)
   shape = sizes.gen_shape
-  data["generate"] = results
+  data["raw"]["generate"] = results
+  data["generate"] = generation_lib.generation_rows(results)
   out.append("## Generation with the KV cache: safecomp `generate` (jitted) vs HF `generate`\n")
   out.append(f"Same weights (random `LlamaForCausalLM`, d={shape.hidden_size} L={shape.num_layers} "
              f"H={shape.num_heads}/{shape.num_kv_heads} hd={shape.head_dim} "
@@ -198,7 +201,8 @@ def section_ppo(sizes: Sizes, out: list, data: dict, torch_threads: Any, baselin
   shown = "`configs/demo.py`" + (
       " with " + ", ".join(f"{k}={v}" for k, v in sizes.ppo_overrides) if sizes.ppo_overrides
       else "")
-  data["ppo"] = result
+  data["raw"]["ppo"] = result
+  data["ppo"] = ppo_lib.ppo_rows(result)
   out.append("## One PPO iteration (rollout + update), demo config\n")
   out.append(f"{shown}: policy {common.describe(result.config)}, {result.critic} critic "
              f"(`ppo.critic`), reward model of "
@@ -220,7 +224,9 @@ def section_scaling(sizes: Sizes, out: list, data: dict) -> None:
   cells = sft_lib.scaling(sizes.scaling_config, sizes.scaling_seq_lens, sizes.scaling_batches,
                           sizes.scaling_max_tokens, max(sizes.min_reps - 1, 1),
                           max(sizes.max_reps // 2, 1), sizes.target_s / 2)
-  data["scaling"] = cells
+  data["raw"]["scaling"] = cells
+  data["scaling"] = [{"seq_len": seq_len, "batch": batch, "step_s": None if r is None else r.timing.median,
+                      "tokens_per_s": None if r is None else r.tokens_per_s} for seq_len, batch, r in cells]
   out.append("## SFT step time vs sequence length and batch size\n")
   out.append(f"Small config ({common.describe(sizes.scaling_config)}); cells above "
              f"{sizes.scaling_max_tokens} tokens per step are skipped to bound the run time.\n")
@@ -285,7 +291,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
   out = [f"# safecomp benchmarks ({sizes.name} sizes)\n",
          f"Measured {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} with `{command}`.\n",
          common.markdown_table(["machine", ""], list(info.items())), ""]
-  load_rows, data = [], {"command": command, "machine": info}
+  # JSON: one list of rows per table (numbers), and the full measurements under "raw".
+  load_rows, data = [], {"command": command, "machine": info, "raw": {}}
   for section in args.sections:
     before = common.load_average()
     t0 = time.perf_counter()

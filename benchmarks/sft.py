@@ -140,6 +140,14 @@ def peak_table(peaks: Sequence[PeakResult]) -> str:
       ["jitted matmul", "measured FLOP/s", "median time", "reps", "spread"], rows)
 
 
+def sft_rows(results: Sequence[SFTResult], peak: Optional[float]) -> list[dict]:
+  """The SFT table as JSON rows; `mfu` = model FLOP/s over the measured float32 matmul peak."""
+  return [{"model": r.name, "n_params": r.n_params, "batch": r.batch, "seq_len": r.seq_len,
+           "step_s": r.timing.median, "tokens_per_s": r.tokens_per_s, "flops_per_s": r.flops_per_s,
+           "mfu": r.mfu(peak), "compile_s": r.compile_s, "xla_bytes": r.xla_bytes,
+           "reps": len(r.timing.times), "spread": r.timing.spread} for r in results]
+
+
 def sft_table(results: Sequence[SFTResult], peak: Optional[float]) -> str:
   rows = []
   for r in results:

@@ -17,20 +17,26 @@ def test_sft_and_scaling_sections_print_their_tables(tmp_path):
   assert "skipped (token cap)" in report
   assert "## Run" in report and "| sft |" in report and "| scaling |" in report
   data = json.loads((tmp_path / "bench.json").read_text())
-  assert data["sft"]["steps"] and data["sft"]["matmul_peak"][0]["flops_per_s"] > 0
+  assert data["sft"] and all(0 < row["mfu"] and row["tokens_per_s"] > 0 for row in data["sft"])
+  assert data["matmul_peak"][0]["flops_per_s"] > 0 and data["raw"]["sft"]["steps"]
   assert data["scaling"] and [row["section"] for row in data["run"]] == ["sft", "scaling"]
 
 
-def test_generate_section_compares_with_hugging_face():
-  report = run.main(["--smoke", "--sections", "generate", "--torch-threads", "1"])
+def test_generate_section_compares_with_hugging_face(tmp_path):
+  report = run.main(["--smoke", "--sections", "generate", "--torch-threads", "1", "--json", str(tmp_path / "b.json")])
   assert "safecomp / HF" in report
+  rows = json.loads((tmp_path / "b.json").read_text())["generate"]
+  assert [r["batch"] for r in rows] == [2] and rows[0]["speedup_vs_hf"] > 0
   row = next(line for line in report.splitlines() if line.startswith("| 2 | 4 + 3 |"))
   assert "n/a" not in row
 
 
-def test_ppo_section_runs_safecomp_and_the_pytorch_loop():
+def test_ppo_section_runs_safecomp_and_the_pytorch_loop(tmp_path):
   report = run.main(["--smoke", "--sections", "ppo", "--ppo-baselines", "torch",
-                     "--torch-threads", "1"])
+                     "--torch-threads", "1", "--json", str(tmp_path / "b.json")])
+  rows = json.loads((tmp_path / "b.json").read_text())["ppo"]
+  assert [r["critic"] for r in rows] == ["separate", "separate"] and rows[0]["time_vs_safecomp"] == 1.0
+  assert rows[1]["implementation"].startswith("plain") and rows[1]["time_vs_safecomp"] > 0
   assert "## One PPO iteration" in report
   rows = [line for line in report.splitlines() if line.startswith(("| safecomp", "| plain"))]
   assert len(rows) == 2
