@@ -13,6 +13,7 @@ from flax.training import train_state
 
 from benchmarks import common
 from safecomp import models
+from safecomp.training import batching
 from safecomp.training import loop as loop_lib
 from safecomp.training import sft as sft_lib
 
@@ -129,6 +130,87 @@ def scaling(config: models.ModelConfig, seq_lens: Sequence[int], batches: Sequen
       out.append((seq_len, batch, sft_step("scaling", cfg, batch, seq_len, min_reps, max_reps,
                                            target_s)))
   return out
+
+
+# ------------------------------------------------------------------------------------------ packing
+# Conversation lengths like the public sets': HH-RLHF harmless-base test conversations are lognormal
+# with median ~110 tokens (words x 1.3) and log-sd 0.85 (p10 32, p90 322, p99 625 tokens).
+PUBLIC_LENGTHS = (110.0, 0.85)
+
+
+@dataclasses.dataclass
+class PackingResult:
+  conversations: int
+  seq_len: int
+  batch: int
+  real_tokens: int
+  padded: common.Timing  # one pass over the conversations, one per row (rows cut to the batch's longest)
+  packed: common.Timing  # one pass over the same conversations packed into seq_len rows
+  padded_rows: int
+  packed_rows: int
+
+  @property
+  def gain(self) -> float:
+    return self.padded.median / self.packed.median
+
+
+def packing_gain(config: models.ModelConfig, conversations: int, seq_len: int, batch: int, min_reps: int = 2,
+                 max_reps: int = 5, target_s: float = 5.0, pad_multiple: int = 64, seed: int = 0) -> PackingResult:
+  """Real tokens per second of one SFT pass over conversations of public-set-like lengths, one per row
+  (each batch cut to its longest row, rounded up to `pad_multiple`, as `sft.packing=False` trains)
+  versus packed into `seq_len` rows (`sft.packing=True`); every compiled shape is warmed up first."""
+  rng = np.random.default_rng(seed)
+  median, sigma = PUBLIC_LENGTHS
+  lengths = np.clip(np.round(rng.lognormal(np.log(median), sigma, conversations)), 8, seq_len).astype(int)
+  tokens = rng.integers(3, config.vocab_size, (conversations, seq_len), dtype=np.int32)
+  attention = (np.arange(seq_len)[None, :] < lengths[:, None]).astype(np.int32)
+  loss = attention * (np.arange(seq_len)[None, :] >= lengths[:, None] // 3)
+  arrays = {"tokens": tokens * attention, "attention_mask": attention, "loss_mask": loss}
+  padded = [batching.trim_padding({k: v[i:i + batch] for k, v in arrays.items()}, pad_multiple)
+            for i in range(0, conversations - batch + 1, batch)]
+  packed_arrays = batching.pack_rows(arrays, np.arange(conversations))
+  n_rows = len(packed_arrays["tokens"]) // batch * batch
+  packed = [{k: v[i:i + batch] for k, v in packed_arrays.items()} for i in range(0, n_rows, batch)]
+  model = models.Transformer(config)
+  tx = loop_lib.make_optimizer(optimizer_section(), 1000)
+  step = sft_lib.make_sft_step(model)
+
+  def epoch(batches):
+    def run():
+      # The step donates its state: each pass starts from a fresh copy of the same weights.
+      state = train_state.TrainState.create(apply_fn=model.apply, params=jax.tree.map(jnp.copy, params), tx=tx)
+      state = state.replace(step=jnp.zeros((), jnp.int32))
+      for b in batches:
+        state, metrics = step(state, b)
+      return metrics
+    return run
+
+  params = models.init_params(config, jax.random.key(0))
+  padded_tokens = sum(int(b["attention_mask"].sum()) for b in padded)
+  packed_tokens = sum(int(b["attention_mask"].sum()) for b in packed)
+  times = common.measure_interleaved({"padded": epoch(padded), "packed": epoch(packed)}, min_reps, max_reps,
+                                     target_s)
+  # Per real token: each side's time scaled to the same number of real tokens.
+  scale = padded_tokens / max(packed_tokens, 1)
+  packed_timing = common.Timing(times=[t * scale for t in times["packed"].times], first=times["packed"].first)
+  return PackingResult(conversations=conversations, seq_len=seq_len, batch=batch, real_tokens=padded_tokens,
+                       padded=times["padded"], packed=packed_timing, padded_rows=len(padded) * batch,
+                       packed_rows=n_rows)
+
+
+def packing_table(r: PackingResult) -> str:
+  rows = [("one conversation per row", r.padded_rows, common.fmt_s(r.padded.median),
+           common.fmt_rate(r.real_tokens / r.padded.median, "tok/s"), "1.00x"),
+          ("packed (`sft.packing`)", r.packed_rows, common.fmt_s(r.packed.median),
+           common.fmt_rate(r.real_tokens / r.packed.median, "tok/s"), f"{r.gain:.2f}x")]
+  return common.markdown_table(["layout", "rows", "pass over the real tokens (median)", "real tokens/s",
+                                "speed-up"], rows)
+
+
+def packing_rows(r: PackingResult) -> list[dict]:
+  return [{"layout": "padded", "rows": r.padded_rows, "real_tokens_per_s": r.real_tokens / r.padded.median},
+          {"layout": "packed", "rows": r.packed_rows, "real_tokens_per_s": r.real_tokens / r.packed.median,
+           "gain_vs_padded": r.gain}]
 
 
 # ----------------------------------------------------------------------------------------- tables

@@ -86,6 +86,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sft.weight_decay = 0.01
   c.sft.grad_clip = 1.0
   c.sft.microbatches = 1  # gradient accumulation inside the step (same update, less memory)
+  # Sequence packing: several conversations per max_seq_len row (attention and RoPE positions reset per
+  # conversation); sft.batch_size then counts packed rows.
+  c.sft.packing = False
   c.sft.eval_every = 100
   c.sft.checkpoint_every = 100
   c.sft.log_every = 20

@@ -94,7 +94,7 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 
 def attention_mask(query_slots: Array, key_slots: Array, key_valid: Array,
                    query_positions: Optional[Array] = None, key_positions: Optional[Array] = None,
-                   sliding_window: Optional[int] = None) -> Array:
+                   sliding_window: Optional[int] = None, segment_ids: Optional[Array] = None) -> Array:
   """Boolean mask [B, 1, T, S]: causal by slot, pad keys hidden, optional sliding window.
 
   Args:
@@ -103,8 +103,11 @@ def attention_mask(query_slots: Array, key_slots: Array, key_valid: Array,
     key_valid: [B, S] True for real (non-pad) keys.
     query_positions, key_positions: [B, T] / [B, S] RoPE positions (for the sliding window).
     sliding_window: keys at position distance >= window are hidden.
+    segment_ids: [B, T] (no cache, T == S) for packed rows: a query sees keys of its own segment only.
   """
   mask = (key_slots[None, :] <= query_slots[:, None])[None] & key_valid[:, None, :]
+  if segment_ids is not None:
+    mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
   if sliding_window is not None:
     dist = query_positions[:, :, None] - key_positions[:, None, :]
     mask = mask & (dist < sliding_window)

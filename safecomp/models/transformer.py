@@ -46,6 +46,14 @@ def last_token_index(attention_mask: Array) -> Array:
   return jnp.max(jnp.where(attention_mask.astype(bool), slots[None, :], 0), axis=1)
 
 
+def segment_positions(segment_ids: Array) -> Array:
+  """RoPE positions of packed rows: 0, 1, 2, ... restarting where the segment id changes."""
+  chex.assert_rank(segment_ids, 2)
+  slots = jnp.arange(segment_ids.shape[1], dtype=jnp.int32)[None, :]
+  starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
+  return slots - jax.lax.cummax(jnp.where(starts, slots, 0), axis=1)
+
+
 def default_positions(attention_mask: Array, offset: Optional[Array] = None) -> Array:
   """RoPE positions cumsum(mask) - 1 (plus per-row `offset`), clipped at 0 so left padding works."""
   pos = jnp.cumsum(attention_mask.astype(jnp.int32), axis=1) - 1
@@ -104,8 +112,12 @@ class Transformer(nn.Module):
 
   def encode(self, input_ids: Array, *, positions: Optional[Array] = None,
              attention_mask: Optional[Array] = None, cache: Optional[KVCache] = None,
-             cache_index: Optional[Array] = None):
-    """Runs the trunk; returns (final normed hidden [B,T,D], updated cache or None)."""
+             cache_index: Optional[Array] = None, segment_ids: Optional[Array] = None):
+    """Runs the trunk; returns (final normed hidden [B,T,D], updated cache or None).
+
+    `segment_ids` [B, T] (packed rows, no cache): tokens attend within their own segment only, and
+    RoPE positions restart at 0 in each segment unless `positions` are given.
+    """
     cfg = self.config
     chex.assert_rank(input_ids, 2)
     batch, length = input_ids.shape
@@ -116,11 +128,13 @@ class Transformer(nn.Module):
 
     if cache is None:
       if positions is None:
-        positions = default_positions(mask)
+        positions = default_positions(mask) if segment_ids is None else segment_positions(segment_ids)
       slots = jnp.arange(length, dtype=jnp.int32)
-      attn = layers.attention_mask(slots, slots, mask, positions, positions, cfg.sliding_window)
+      attn = layers.attention_mask(slots, slots, mask, positions, positions, cfg.sliding_window, segment_ids)
       layer_cache, index = None, None
     else:
+      if segment_ids is not None:
+        raise ValueError("segment_ids (packed rows) are for training forwards, not with a KV cache")
       if cache_index is None:
         raise ValueError("cache_index is required when a cache is passed")
       chex.assert_shape(cache.k, (cfg.num_layers, batch, None, cfg.num_kv_heads, cfg.head_dim))
@@ -165,10 +179,10 @@ class Transformer(nn.Module):
 
   def __call__(self, input_ids: Array, *, positions: Optional[Array] = None,
                attention_mask: Optional[Array] = None, cache: Optional[KVCache] = None,
-               cache_index: Optional[Array] = None) -> dict:
+               cache_index: Optional[Array] = None, segment_ids: Optional[Array] = None) -> dict:
     cfg = self.config
     hidden, new_cache = self.encode(input_ids, positions=positions, attention_mask=attention_mask,
-                                    cache=cache, cache_index=cache_index)
+                                    cache=cache, cache_index=cache_index, segment_ids=segment_ids)
     out = {"hidden": hidden}
     if "lm" in cfg.heads:
       out["logits"] = nn.with_logical_constraint(self.lm_logits(hidden),

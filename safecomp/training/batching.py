@@ -56,6 +56,41 @@ def prompts_to_arrays(tokenizer, prompts: Sequence[list[dict]], family: str, max
   return {"tokens": tokens, "attention_mask": mask}
 
 
+def pack_rows(arrays: dict[str, np.ndarray], order: Sequence[int]) -> dict[str, np.ndarray]:
+  """Packs right-padded conversations into rows of the same width, several per row (sequence packing).
+
+  Conversations are taken in `order` and each goes into the first row with room for it (first fit), so
+  rows are filled in a fixed, seeded way. Every row gets `segment_ids` (1, 2, ... per conversation, 0
+  for padding) and `positions` (RoPE positions restarting at 0 in each conversation); the model attends
+  within a segment only, and `loss_mask` stays each conversation's own. Nothing is dropped or cut.
+  """
+  width = arrays["tokens"].shape[1]
+  lengths = arrays["attention_mask"].sum(axis=1)
+  fill, members = [], []
+  for i in order:
+    n = int(lengths[i])
+    row = next((r for r, used in enumerate(fill) if used + n <= width), None)
+    if row is None:
+      fill.append(0)
+      members.append([])
+      row = len(fill) - 1
+    members[row].append(i)
+    fill[row] += n
+  out = {k: np.zeros((len(fill), width), arrays[k].dtype) for k in ("tokens", "attention_mask", "loss_mask")}
+  out["segment_ids"] = np.zeros((len(fill), width), np.int32)
+  out["positions"] = np.zeros((len(fill), width), np.int32)
+  for row, items in enumerate(members):
+    start = 0
+    for segment, i in enumerate(items, start=1):
+      n = int(lengths[i])
+      for key in ("tokens", "attention_mask", "loss_mask"):
+        out[key][row, start:start + n] = arrays[key][i, :n]
+      out["segment_ids"][row, start:start + n] = segment
+      out["positions"][row, start:start + n] = np.arange(n)
+      start += n
+  return out
+
+
 def batch_indices(step: int, num_examples: int, batch_size: int, seed: int) -> np.ndarray:
   """Indices of batch `step`: epochs are seeded permutations, so any step is computable on its own."""
   if num_examples <= 0:

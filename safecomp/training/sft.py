@@ -21,8 +21,12 @@ def sft_loss(model, params, batch: dict[str, jax.Array]) -> tuple[jax.Array, dic
   """Mean next-token cross-entropy over assistant tokens (reasoning + answer + end token)."""
   tokens, attention, loss_mask = batch["tokens"], batch["attention_mask"], batch["loss_mask"]
   chex.assert_equal_shape([tokens, attention, loss_mask])
-  logits = model.apply({"params": params}, tokens, attention_mask=attention)["logits"][:, :-1]
+  segments = batch.get("segment_ids")  # packed rows (`sft.packing`): several conversations per row
+  logits = model.apply({"params": params}, tokens, attention_mask=attention, segment_ids=segments,
+                       positions=batch.get("positions"))["logits"][:, :-1]
   targets, mask = tokens[:, 1:], loss_mask[:, 1:].astype(jnp.float32)
+  if segments is not None:  # a conversation never predicts the next one's first token
+    mask = mask * (segments[:, 1:] == segments[:, :-1])
   ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
   n = jnp.maximum(mask.sum(), 1.0)
   loss = (ce * mask).sum() / n
@@ -79,10 +83,15 @@ def run_sft(p) -> dict:
   logging.info("sft: %d/%d teacher outputs kept by the judge", stats["kept"], stats["generated"])
   train = batching.conversations_to_arrays(p.tokenizer, train_conv, c.chat_template, c.max_seq_len, "SFT rows")
   held = batching.conversations_to_arrays(p.tokenizer, eval_conv, c.chat_template, c.max_seq_len, "SFT eval rows")
+  if c.sft.packing:  # rows of max_seq_len holding several conversations; a batch is sft.batch_size rows
+    conversations = len(train_conv)
+    train = batching.pack_rows(train, np.random.default_rng([c.seed, 17]).permutation(conversations))
+    print(f"[sft] packing: {conversations} conversations in {len(train['tokens'])} rows of {c.max_seq_len} "
+          f"tokens ({train['attention_mask'].mean():.0%} of the slots hold a token)", flush=True)
   model, params = p.init_model(("lm",), seed_offset=1)
 
   def global_batch(step: int) -> dict:
-    index = batching.batch_indices(step, len(train_conv), c.sft.batch_size, c.seed)
+    index = batching.batch_indices(step, len(train["tokens"]), c.sft.batch_size, c.seed)
     return batching.trim_padding(batching.take(train, index), c.pad_multiple)
 
   state, step_fn, rows = p.sharded_training(
