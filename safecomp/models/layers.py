@@ -120,7 +120,9 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, cos: Array, sin: Array, mask: Array,
-               layer_cache: Optional[Tuple[Array, Array]], cache_index: Optional[Array]):
+               cache: Optional[Tuple[Array, Array]], cache_index: Optional[Array], layer: Optional[Array] = None):
+    """`cache`: every layer's (k, v) [L, B, S, KV, hd], updated in place at (`layer`, `cache_index`):
+    carried whole through the layer scan (and the decode loop), so no step copies it."""
     cfg = self.config
     dt, pdt = cfg.compute_dtype, cfg.params_dtype
 
@@ -140,13 +142,14 @@ class Attention(nn.Module):
     v = nn.with_logical_constraint(v, kv_axes)
 
     new_cache = None
-    if layer_cache is not None:
-      k_cache, v_cache = layer_cache
-      start = (0, cache_index, 0, 0)
-      k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
-      v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
+    if cache is not None:
+      k_cache, v_cache = cache
+      start = (layer, 0, cache_index, 0, 0)
+      k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype)[None], start)
+      v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype)[None], start)
       new_cache = (k_cache, v_cache)
-      k, v = k_cache.astype(dt), v_cache.astype(dt)
+      k = jax.lax.dynamic_index_in_dim(k_cache, layer, 0, keepdims=False).astype(dt)
+      v = jax.lax.dynamic_index_in_dim(v_cache, layer, 0, keepdims=False).astype(dt)
 
     # XLA path: logits and softmax in float32, GQA without materialising repeated K/V.
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=cfg.head_dim ** -0.5,
@@ -189,18 +192,19 @@ class MLP(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-  """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.)). Scan-compatible signature."""
+  """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.)). Scanned over layers: the carry is (x, the
+  whole KV cache or None), the scanned input the layer index."""
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x: Array, layer_cache, shared):
+  def __call__(self, carry, layer: Array, shared):
     cfg = self.config
+    x, cache = carry
     cos, sin, mask, cache_index = shared
     norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.norm_unit_offset, cfg.compute_dtype,
                                 cfg.params_dtype, name=name)
-    h, new_cache = Attention(cfg, name="attn")(norm("attn_norm")(x), cos, sin, mask, layer_cache,
-                                               cache_index)
+    h, new_cache = Attention(cfg, name="attn")(norm("attn_norm")(x), cos, sin, mask, cache, cache_index, layer)
     x = nn.with_logical_constraint(x + h, HIDDEN_AXES)
     x = x + MLP(cfg, name="mlp")(norm("mlp_norm")(x))
     x = nn.with_logical_constraint(x, HIDDEN_AXES)
-    return x, new_cache
+    return (x, new_cache), None

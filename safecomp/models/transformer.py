@@ -159,7 +159,8 @@ class Transformer(nn.Module):
       x = x * jnp.asarray(math.sqrt(cfg.hidden_size), cfg.compute_dtype)
     x = nn.with_logical_constraint(x.astype(cfg.compute_dtype), layers.HIDDEN_AXES)
     cos, sin = layers.rope_tables(cfg, positions)
-    x, new_layer_cache = self.layers(x, layer_cache, (cos, sin, attn, index))
+    (x, new_layer_cache), _ = self.layers((x, layer_cache), jnp.arange(cfg.num_layers, dtype=jnp.int32),
+                                          (cos, sin, attn, index))
     hidden = self.final_norm(x)
     new_cache = None
     if cache is not None:
