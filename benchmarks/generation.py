@@ -44,6 +44,19 @@ class GenerationResult:
   hf: common.Timing
   token_agreement: float  # fraction of generated tokens equal on both sides
   torch_threads: int
+  prefill: common.Timing  # safecomp's prompt forward alone (filling the cache, first logits)
+  model_flops: float  # matmul FLOPs of one call: prompt forward + one step per new token
+  peak_flops_per_s: float | None  # the float32 matmul peak of this run
+
+  @property
+  def bound_s(self) -> float | None:
+    """Time of one call at the matmul peak: the fastest any implementation could run it here."""
+    return None if not self.peak_flops_per_s else self.model_flops / self.peak_flops_per_s
+
+  @property
+  def decode_step_s(self) -> float:
+    """safecomp's time per decode step (call minus prefill, over the new tokens)."""
+    return max(self.safecomp.median - self.prefill.median, 0.0) / self.new_tokens
 
   @property
   def safecomp_tps(self) -> float:
@@ -52,6 +65,29 @@ class GenerationResult:
   @property
   def hf_tps(self) -> float:
     return self.batch * self.new_tokens / self.hf.median
+
+
+def call_flops(config: models.ModelConfig, batch: int, prompt_len: int, new_tokens: int) -> float:
+  """Forward matmul FLOPs of one generate call: 2 N per token of the prompt and of each decode step,
+  plus the attention products over the cache (the full prompt square for the prompt; each step's
+  query against the prompt and the tokens drawn so far)."""
+  n = common.matmul_params(config)
+  prompt = batch * prompt_len * (2 * n + common.attention_flops_per_token(config, prompt_len))
+  steps = sum(batch * (2 * n + common.attention_flops_per_token(config, prompt_len + i + 1))
+              for i in range(new_tokens))
+  return float(prompt + steps)
+
+
+def prefill_fn(model, new_tokens: int):
+  """The prompt forward `generate` starts with: fills a cache for prompt + new tokens and returns the
+  first logits, so the decode loop's share of a call is the call minus this."""
+  def prefill(params, tokens, mask):
+    cache = models.init_cache(model.config, tokens.shape[0], tokens.shape[1] + new_tokens)
+    variables = models.as_variables(params)
+    hidden, cache = model.apply(variables, tokens, attention_mask=mask.astype(bool), cache=cache,
+                                cache_index=0, method=models.Transformer.encode)
+    return model.apply(variables, hidden[:, -1], method=models.Transformer.lm_logits), cache
+  return prefill
 
 
 def build_hf_llama(shape: LlamaShape, seed: int = 0):
@@ -89,8 +125,13 @@ def hf_generate_fn(hf_model, prompts: np.ndarray, new_tokens: int):
 
 def run_generation(shape: LlamaShape, batches: Sequence[int], prompt_len: int, new_tokens: int,
                    min_reps: int = 3, max_reps: int = 10, target_s: float = 3.0,
-                   seed: int = 0, torch_threads: object = "auto") -> list[GenerationResult]:
-  """Tokens/s of both implementations at each batch size (prefill included, compilation not)."""
+                   seed: int = 0, torch_threads: object = "auto",
+                   peak_flops_per_s: float | None = None) -> list[GenerationResult]:
+  """Tokens/s of both implementations at each batch size (prefill included, compilation not).
+
+  `peak_flops_per_s` (the float32 matmul peak) turns the call's model FLOPs into the share of the
+  matmul-bound rate and the best speed-up over HF the machine allows.
+  """
   hf_model = build_hf_llama(shape, seed)
   with tempfile.TemporaryDirectory() as tmp:
     hf_model.save_pretrained(tmp)
@@ -98,6 +139,7 @@ def run_generation(shape: LlamaShape, batches: Sequence[int], prompt_len: int, n
   hf_model.to(common.torch_device())
   gen = jax.jit(functools.partial(models.generate, model, max_new_tokens=new_tokens, greedy=True,
                                   eos_id=None))
+  prefill = jax.jit(prefill_fn(model, new_tokens))
   rng = np.random.default_rng(seed)
   results = []
   for batch in batches:
@@ -114,6 +156,9 @@ def run_generation(shape: LlamaShape, batches: Sequence[int], prompt_len: int, n
         {"safecomp": lambda: compiled(params, tokens, mask, key), "hf": hf_run}, min_reps,
         max_reps, target_s)
     ours, theirs = timings["safecomp"], timings["hf"]
+    prefill_compiled = common.compile_lowered(prefill.lower(params, tokens, mask))
+    prefill_timing = common.measure_adaptive(lambda: prefill_compiled(params, tokens, mask),
+                                             min_reps, max_reps, target_s / 2)
     ours_tokens = np.asarray(compiled(params, tokens, mask, key).response_tokens)
     hf_tokens = hf_run().cpu().numpy()
     same_shape = ours_tokens.shape == hf_tokens.shape
@@ -121,7 +166,9 @@ def run_generation(shape: LlamaShape, batches: Sequence[int], prompt_len: int, n
     results.append(GenerationResult(
         batch=batch, prompt_len=prompt_len, new_tokens=new_tokens, safecomp=ours,
         safecomp_compile_s=compile_s, safecomp_xla_bytes=common.xla_bytes(compiled), hf=theirs,
-        token_agreement=agreement, torch_threads=threads))
+        token_agreement=agreement, torch_threads=threads, prefill=prefill_timing,
+        model_flops=call_flops(model.config, batch, prompt_len, new_tokens),
+        peak_flops_per_s=peak_flops_per_s))
   return results
 
 
@@ -132,7 +179,12 @@ def generation_rows(results: Sequence[GenerationResult]) -> list[dict]:
            "speedup_vs_hf": r.safecomp_tps / r.hf_tps, "safecomp_call_s": r.safecomp.median,
            "hf_call_s": r.hf.median, "safecomp_compile_s": r.safecomp_compile_s,
            "safecomp_xla_bytes": r.safecomp_xla_bytes, "torch_threads": r.torch_threads,
-           "token_agreement": r.token_agreement} for r in results]
+           "token_agreement": r.token_agreement, "safecomp_prefill_s": r.prefill.median,
+           "safecomp_decode_step_s": r.decode_step_s, "model_flops": r.model_flops,
+           "matmul_bound_s": r.bound_s,
+           "share_of_matmul_bound": None if r.bound_s is None else r.bound_s / r.safecomp.median,
+           "hf_over_matmul_bound": None if r.bound_s is None else r.hf.median / r.bound_s}
+          for r in results]
 
 
 def generation_table(results: Sequence[GenerationResult], shape: LlamaShape) -> str:
@@ -149,3 +201,18 @@ def generation_table(results: Sequence[GenerationResult], shape: LlamaShape) -> 
       ["batch", "prompt + new", "safecomp tokens/s", "HF tokens/s", "safecomp / HF",
        "safecomp call", "HF call", "safecomp compile", "safecomp XLA memory",
        "torch threads", "same greedy tokens"], rows)
+
+
+def generation_profile_table(results: Sequence[GenerationResult]) -> str:
+  """Where safecomp's call goes (prompt forward vs decode steps) and how far it is from the matmul
+  bound; the last column is the largest safecomp / HF ratio the measured peak allows."""
+  rows = []
+  for r in results:
+    bound = r.bound_s
+    rows.append((r.batch, common.fmt_s(r.safecomp.median), common.fmt_s(r.prefill.median),
+                 common.fmt_s(r.decode_step_s), f"{r.model_flops / 1e9:.2f} GFLOP",
+                 common.fmt_s(bound), "n/a" if bound is None else f"{bound / r.safecomp.median:.0%}",
+                 "n/a" if bound is None else common.fmt_ratio(r.hf.median / bound)))
+  return common.markdown_table(
+      ["batch", "safecomp call", "prompt forward", "per decode step", "model FLOPs / call",
+       "call at matmul peak", "share of matmul-bound rate", "HF call ÷ call at peak"], rows)

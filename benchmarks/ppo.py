@@ -51,6 +51,7 @@ class PPOSide:
   error: Optional[str] = None
   threads: Optional[int] = None  # torch intra-op threads (PyTorch sides)
   critic: Optional[str] = None  # "shared" (value head on the policy's trunk) or "separate" (own trunk)
+  sampling_s: Optional[float] = None  # median time of the iteration's sampling (generate) alone
 
 
 @dataclasses.dataclass
@@ -129,8 +130,17 @@ def safecomp_iteration(c, vocab_size: int, prompts: np.ndarray, prompt_mask: np.
 
   timing = common.measure_adaptive(call, min_reps, max_reps, target_s)
   length = float(np.mean(jax.device_get(holder["lengths"])))
+  # The sampling alone (the rollout's `generate`, same prompts and key schedule), for the split.
+  roll_cfg = ppo_stage.rollout_config(c, (EOS,), PAD)
+  sample = jax.jit(lambda params, tokens, mask, key: rollout_lib.sample(
+      actor.policy_model, actor.policy_params(params), tokens, mask, key, roll_cfg))
+  sample = common.compile_lowered(sample.lower(holder["state"].params, batch["prompts"],
+                                               batch["prompt_mask"], jax.random.key(0)))
+  sampling = common.measure_adaptive(
+      lambda: sample(holder["state"].params, batch["prompts"], batch["prompt_mask"], jax.random.key(0)),
+      min_reps, max_reps, target_s / 2)
   return (PPOSide("safecomp (JAX, fused rollout + update)", timing=timing, critic=c.ppo.critic,
-                  setup_s=compile_s, response_tokens=length,
+                  setup_s=compile_s, response_tokens=length, sampling_s=sampling.median,
                   note=f"{CRITIC_NOTES[c.ppo.critic]}; setup = XLA compilation"),
           common.xla_bytes(compiled))
 
@@ -283,6 +293,7 @@ class TorchPPO:
     self.safety_table = torch.tensor(tuple(c.reward.severity_to_safety), dtype=torch.float32,
                                      device=device)
     self.lengths = []
+    self.sampling_times = []
 
   def probe(self):
     """A short sampling call, to choose torch's thread count."""
@@ -309,9 +320,11 @@ class TorchPPO:
     torch, p, dev = self.torch, self.c.ppo, self.device
     n, width = p.max_new_tokens, self.prompts.shape[1]
     with torch.no_grad():
+      t0 = time.perf_counter()
       out = self.policy.generate(input_ids=self.prompts, attention_mask=self.prompt_mask,
                                  max_new_tokens=n, do_sample=True, eos_token_id=EOS,
                                  pad_token_id=PAD, use_cache=True)
+      self.sampling_times.append(time.perf_counter() - t0)
       resp = torch.full((len(out), n), PAD, dtype=torch.long, device=dev)
       resp[:, :out.shape[1] - width] = out[:, width:]
       is_eos = resp == EOS
@@ -383,6 +396,7 @@ def torch_side(c, vocab_size: int, prompts: np.ndarray, prompt_mask: np.ndarray,
   timing = common.measure_adaptive(runner.iteration, min_reps, max_reps, target_s)
   return PPOSide("plain PyTorch loop (HF modules, same work)", timing=timing, critic=c.ppo.critic,
                  response_tokens=float(np.mean(runner.lengths)), threads=threads, setup_s=setup_s,
+                 sampling_s=float(np.median(runner.sampling_times[-len(timing.times):])),
                  note=f"{CRITIC_NOTES[c.ppo.critic]}, like safecomp; HF generate stops at EOS; "
                       "setup = model construction")
 
@@ -423,6 +437,7 @@ def ppo_rows(result: PPOResult) -> list[dict]:
            "s_per_iteration": None if side.timing is None else side.timing.median,
            "time_vs_safecomp": None if side.timing is None else side.timing.median / ours.timing.median,
            "tokens_per_response": side.response_tokens, "setup_s": side.setup_s, "torch_threads": side.threads,
+           "sampling_s": side.sampling_s,
            "note": side.note, "error": side.error} for side in result.sides]
 
 
@@ -431,16 +446,18 @@ def ppo_table(result: PPOResult) -> str:
   rows = []
   for side in result.sides:
     if side.timing is None:
-      rows.append((side.name, side.critic or "", "n/a", "n/a", "", "", "", "", side.error or ""))
+      rows.append((side.name, side.critic or "", "n/a", "n/a", "", "", "", "", "", side.error or ""))
       continue
     ratio = side.timing.median / ours.timing.median
     rows.append((side.name, side.critic or "", common.fmt_s(side.timing.median),
                  "1.00x" if side is ours else f"{ratio:.2f}x (safecomp faster)" if ratio >= 1
                  else f"{1 / ratio:.2f}x (baseline faster)",
                  f"{side.response_tokens:.1f}" if side.response_tokens is not None else "n/a",
+                 "n/a" if side.sampling_s is None else
+                 f"{common.fmt_s(side.sampling_s)} ({side.sampling_s / side.timing.median:.0%})",
                  common.fmt_s(side.setup_s),
                  f"{len(side.timing.times)} ({side.timing.spread:.0%})",
                  "" if side.threads is None else side.threads, side.note))
   return common.markdown_table(
       ["implementation", "critic", "s / iteration (median)", "time vs safecomp", "tokens / response",
-       "setup", "reps (spread)", "torch threads", "notes"], rows)
+       "of which sampling", "setup", "reps (spread)", "torch threads", "notes"], rows)

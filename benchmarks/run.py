@@ -120,25 +120,34 @@ def log(message: str):
 
 
 # ---------------------------------------------------------------------------------------- sections
+def matmul_peaks(sizes: Sizes, out: list, data: dict) -> list:
+  """The float32 and bfloat16 matmul peaks of this run, measured (and reported) once: the SFT and
+  generation sections both divide by the float32 one."""
+  if "matmul_peak" not in data["raw"]:
+    # Accelerators need larger products than a CPU to reach their peak.
+    n = sizes.peak_n if jax.default_backend() == "cpu" or sizes.name == "smoke" else max(
+        sizes.peak_n, 8192)
+    log(f"matmul peak ({n}x{n})")
+    peaks = [sft_lib.matmul_peak(n, dtype, sizes.min_reps, sizes.max_reps, sizes.target_s / 2)
+             for dtype in ("float32", "bfloat16")]
+    data["raw"]["matmul_peak"] = peaks
+    data["matmul_peak"] = [{"dtype": r.dtype, "n": r.n, "flops_per_s": r.flops_per_s} for r in peaks]
+    out.append("## Dense-matmul peak (this machine, this run)\n")
+    out.append(sft_lib.peak_table(peaks))
+    out.append("")
+  return data["raw"]["matmul_peak"]
+
+
 def section_sft(sizes: Sizes, out: list, data: dict) -> None:
-  # Accelerators need larger products than a CPU to reach their peak.
-  n = sizes.peak_n if jax.default_backend() == "cpu" or sizes.name == "smoke" else max(
-      sizes.peak_n, 8192)
-  log(f"sft: matmul peak ({n}x{n})")
-  peaks = [sft_lib.matmul_peak(n, dtype, sizes.min_reps, sizes.max_reps, sizes.target_s / 2)
-           for dtype in ("float32", "bfloat16")]
+  peaks = matmul_peaks(sizes, out, data)
   fp32_peak = peaks[0].flops_per_s
   results = []
   for name, cfg, batch, seq_len in sizes.sft:
     log(f"sft: {name} model, batch {batch} x {seq_len}")
     results.append(sft_lib.sft_step(name, cfg, batch, seq_len, sizes.min_reps, sizes.max_reps,
                                      sizes.target_s))
-  data["raw"]["sft"] = {"matmul_peak": peaks, "steps": results}
-  data["matmul_peak"] = [{"dtype": r.dtype, "n": r.n, "flops_per_s": r.flops_per_s} for r in peaks]
+  data["raw"]["sft"] = {"steps": results}
   data["sft"] = sft_lib.sft_rows(results, fp32_peak)
-  out.append("## Dense-matmul peak (this machine, this run)\n")
-  out.append(sft_lib.peak_table(peaks))
-  out.append("")
   out.append("## SFT step (`make_sft_step`, AdamW, float32)\n")
   out.append(sft_lib.sft_table(results, fp32_peak))
   out.append("")
@@ -154,10 +163,12 @@ def section_sft(sizes: Sizes, out: list, data: dict) -> None:
 
 
 def section_generate(sizes: Sizes, out: list, data: dict, torch_threads: Any) -> None:
+  fp32_peak = matmul_peaks(sizes, out, data)[0].flops_per_s
   log(f"generate: batches {sizes.gen_batches}")
   results = generation_lib.run_generation(
       sizes.gen_shape, sizes.gen_batches, sizes.gen_prompt_len, sizes.gen_new_tokens,
-      sizes.min_reps, sizes.max_reps, sizes.target_s, torch_threads=torch_threads)
+      sizes.min_reps, sizes.max_reps, sizes.target_s, torch_threads=torch_threads,
+      peak_flops_per_s=fp32_peak)
   shape = sizes.gen_shape
   data["raw"]["generate"] = results
   data["generate"] = generation_lib.generation_rows(results)
@@ -174,6 +185,18 @@ def section_generate(sizes: Sizes, out: list, data: dict, torch_threads: Any) ->
              "Compilation is excluded: safecomp is compiled ahead of time and its compile time is "
              "shown separately. "
              "\"same greedy tokens\" = fraction of generated tokens equal on both sides.")
+  out.append("")
+  out.append("### Where safecomp's generation time goes\n")
+  out.append(generation_lib.generation_profile_table(results))
+  out.append("")
+  out.append("prompt forward = the jitted prefill alone (the prompt through every layer, filling the "
+             "cache, first logits); per decode step = (call − prompt forward) ÷ new tokens. Model "
+             "FLOPs / call = 2 · N per token of the prompt and of every decode step plus the "
+             "attention products over the cache (N as in the SFT table). call at matmul peak = "
+             "those FLOPs ÷ the float32 matmul FLOP/s of this run; share of matmul-bound rate = "
+             "that time ÷ safecomp's call. HF call ÷ call at peak is the largest safecomp / HF "
+             "ratio this machine allows at this size: no implementation runs the same FLOPs "
+             "faster than the measured peak.")
   out.append("")
 
 
@@ -216,7 +239,10 @@ def section_ppo(sizes: Sizes, out: list, data: dict, torch_threads: Any, baselin
   out.append("s / iteration = median wall time of one full iteration after a warm-up iteration. "
              "\"time vs safecomp\" = baseline time ÷ safecomp time. tokens / response = mean "
              "generated tokens per response (random policies rarely emit EOS, so responses run "
-             "close to the limit on every side).")
+             "close to the limit on every side). of which sampling = median time of the sampling "
+             "(`generate`) alone and its share of the iteration: for safecomp the rollout's "
+             "sampling compiled and timed on its own, for the PyTorch loop its `generate` call "
+             "timed inside each iteration; TRL's is not separated.")
   out.append("")
 
 

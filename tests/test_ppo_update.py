@@ -28,9 +28,12 @@ class TinyPolicy(nn.Module):
 MODEL = TinyPolicy()
 
 
-def forward_fn(params, sequences, attention_mask):
+def forward_fn(params, sequences, attention_mask, response_width):
+  """Outputs at the positions predicting the response (every prompt row is full width here)."""
   del attention_mask  # every position is valid in this task
-  return MODEL.apply({"params": params}, sequences)
+  logits, values = MODEL.apply({"params": params}, sequences)
+  prompt_len = sequences.shape[1] - response_width
+  return logits[:, prompt_len - 1:-1], values[:, prompt_len - 1:-1]
 
 
 def init_params(seed=0):

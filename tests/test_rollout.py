@@ -112,7 +112,7 @@ def test_separate_critic_has_its_own_trunk(setup):
   np.testing.assert_allclose(out["old_logprobs"], out["ref_logprobs"], atol=1e-5)  # reference = start
 
   # Value-loss gradients reach the critic and never the policy.
-  grads = jax.grad(lambda q: jnp.sum(actor.forward(q, out["sequences"], full_mask)[1] ** 2))(params)
+  grads = jax.grad(lambda q: jnp.sum(actor.forward(q, out["sequences"], full_mask, n)[1] ** 2))(params)
   assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grads["policy"]))
   assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads["critic"]))
 

@@ -153,6 +153,27 @@ def response_outputs(outputs: Array, prompt_mask: Array) -> Array:
   return jnp.concatenate([first, outputs[:, prompt_len:-1]], axis=1)
 
 
+def response_forward(model: Transformer, params: Mapping, sequences: Array, attention_mask: Array,
+                     response_width: int) -> tuple[Array | None, Array | None]:
+  """(logits [B, N, V] float32, values [B, N] float32) at the N positions that predict the response.
+
+  One trunk forward over `sequences` = concat(prompt [B, P], response [B, N]) with `attention_mask`
+  [B, P+N]; the heads then run on the N hidden states of `response_outputs` only, so the LM head and
+  its softmax never touch prompt positions. Either output is None when `model` lacks that head.
+  """
+  chex.assert_rank([sequences, attention_mask], 2)
+  variables = as_variables(params)
+  hidden, _ = model.apply(variables, sequences, attention_mask=attention_mask, method=Transformer.encode)
+  hidden = response_outputs(hidden, attention_mask[:, :sequences.shape[1] - response_width])
+  heads = model.config.heads
+  logits = values = None
+  if "lm" in heads:
+    logits = model.apply(variables, hidden, method=Transformer.lm_logits)
+  if "value" in heads:
+    values = model.apply(variables, hidden, method=Transformer.values)
+  return logits, values
+
+
 def response_logprobs(logits: Array, sequences: Array, prompt_mask: Array,
                       temperature: float = 1.0, response_mask: Array | None = None) -> Array:
   """Per-token log-probs [B, N] of the response part of `sequences` from a training forward.

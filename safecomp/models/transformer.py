@@ -178,6 +178,12 @@ class Transformer(nn.Module):
       out = self.lm_head(hidden)
     return out.astype(jnp.float32)
 
+  def values(self, hidden: Array) -> Array:
+    """Critic values (float32) [...] from final normed hidden states [..., D]."""
+    if "value" not in self.config.heads:
+      raise ConfigError("this model was built without the 'value' head")
+    return self.value_head(hidden.astype(jnp.float32))[..., 0]
+
   def __call__(self, input_ids: Array, *, positions: Optional[Array] = None,
                attention_mask: Optional[Array] = None, cache: Optional[KVCache] = None,
                cache_index: Optional[Array] = None, segment_ids: Optional[Array] = None) -> dict:
@@ -190,7 +196,7 @@ class Transformer(nn.Module):
                                                  ("batch", "length", "vocab"))
     h32 = hidden.astype(jnp.float32)
     if "value" in cfg.heads:
-      out["values"] = self.value_head(h32)[..., 0]
+      out["values"] = self.values(hidden)
     if "severity" in cfg.heads or "helpfulness" in cfg.heads:
       mask = (jnp.ones(input_ids.shape, bool) if attention_mask is None else attention_mask)
       idx = last_token_index(mask)

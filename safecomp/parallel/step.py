@@ -20,6 +20,7 @@ the parameter dtype). Rematerialisation is `ModelConfig.remat`.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import AbstractMesh
 
+from safecomp import models
 from safecomp.parallel.mesh import DEFAULT_RULES, AnyMesh, mesh_context
 from safecomp.rl import ppo as ppo_lib
 from safecomp.parallel.sharding import put_batch, replicated
@@ -166,11 +168,9 @@ def accumulating_optimizer(tx: optax.GradientTransformation, every_k: int
 
 # ---------------------------------------------------------------------------- the PPO step
 def policy_forward(model) -> Callable:
-  """`forward_fn(params, sequences, attention_mask) -> (logits, values)` for `ppo_update`."""
-  def forward_fn(params, sequences, attention_mask):
-    out = model.apply({"params": params}, sequences, attention_mask=attention_mask)
-    return out["logits"], out.get("values")
-  return forward_fn
+  """`forward_fn(params, sequences, attention_mask, response_width) -> (logits, values)` for
+  `ppo_update`: `models.response_forward` of one model with the LM head (and a value head or not)."""
+  return functools.partial(models.response_forward, model)
 
 
 def ppo_step_fn(forward_fn: Callable, config) -> StepFn:

@@ -1,10 +1,12 @@
 """One PPO / GRPO / RLOO update over a rollout batch, compiled as a single computation.
 
-The model is reached only through `forward_fn(params, sequences [B, L] int32, attention_mask [B, L])
--> (logits [B, L, V], values [B, L] or None)`. Prompts are padded to width P and responses have width
-N, so `sequences = concat(prompt, response)`, L = P + N, and the logits that predict response token
-i sit at position P - 1 + i (for i = 0: at the last real prompt token, which is P - 1 when prompts
-are left-padded; see `safecomp.models.response_outputs`).
+The model is reached only through `forward_fn(params, sequences [B, L] int32, attention_mask [B, L],
+response_width N) -> (logits [B, N, V], values [B, N] or None)`, the outputs at the positions that
+predict the N response tokens. Prompts are padded to width P, so `sequences = concat(prompt,
+response)`, L = P + N, and the logits that predict response token i sit at position P - 1 + i (for
+i = 0: at the last real prompt token, which is P - 1 when prompts are left-padded; see
+`safecomp.models.response_outputs`). `safecomp.models.response_forward` computes them with the heads
+on those N positions only.
 """
 import dataclasses
 from typing import Any, Callable, Mapping
@@ -16,13 +18,13 @@ import optax
 from flax.training import train_state
 
 from safecomp.errors import ConfigError, SafecompError
-from safecomp.models import response_outputs, token_logprobs
+from safecomp.models import token_logprobs
 from safecomp.rl import advantages as adv_lib
 from safecomp.rl import kl as kl_lib
 from safecomp.rl import losses
 from safecomp.rl.gae import compute_gae
 
-ForwardFn = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array | None]]
+ForwardFn = Callable[[Any, jax.Array, jax.Array, int], tuple[jax.Array, jax.Array | None]]
 
 ALGORITHMS = ("ppo", "grpo", "rloo")
 KL_MODES = ("reward", "loss")
@@ -171,16 +173,16 @@ def response_logits_values(
     response_width: int, temperature: float) -> tuple[jax.Array, jax.Array | None]:
   """Temperature-scaled logits [B, N, V] (float32) and values [B, N] for the response tokens.
 
-  Both are read at the positions that predict the response tokens (`models.response_outputs`: the
-  last real prompt token, then the response's own slots), so left- and right-padded prompts work.
+  `forward_fn` reads them at the positions that predict the response tokens (`models.response_outputs`:
+  the last real prompt token, then the response's own slots), so left- and right-padded prompts work.
   """
-  logits, values = forward_fn(params, sequences, attention_mask)
-  prompt_mask = attention_mask[:, :sequences.shape[1] - response_width]
-  chex.assert_rank(logits, 3)
-  logits = response_outputs(logits, prompt_mask).astype(jnp.float32) / temperature
+  logits, values = forward_fn(params, sequences, attention_mask, response_width)
+  b = sequences.shape[0]
+  chex.assert_shape(logits, (b, response_width, None))
+  logits = logits.astype(jnp.float32) / temperature
   if values is not None:
-    chex.assert_rank(values, 2)
-    values = response_outputs(values, prompt_mask).astype(jnp.float32)
+    chex.assert_shape(values, (b, response_width))
+    values = values.astype(jnp.float32)
   return logits, values
 
 
@@ -264,7 +266,8 @@ def ppo_update(
       old_logprobs [B, N] (rollout policy, same temperature; recomputed with `state.params` when
       absent) and values [B, N] (critic values at rollout; zeros without a critic, recomputed for
       ppo when absent).
-    forward_fn: (params, sequences, attention_mask) -> (logits [B, L, V], values [B, L] or None).
+    forward_fn: (params, sequences, attention_mask, N) -> (logits [B, N, V], values [B, N] or None)
+      at the positions predicting the response (see the module docstring).
     config: the update's hyper-parameters.
     rng: PRNG key for the minibatch permutations.
 

@@ -73,14 +73,15 @@ class ActorCritic:
     """The parameters `policy_model` samples with (and the reference is a copy of)."""
     return params if self.critic_model is None else params["policy"]
 
-  def forward(self, params, sequences, attention_mask) -> tuple[jax.Array, jax.Array | None]:
-    """(logits [B, L, V], values [B, L] or None): the `forward_fn` of `safecomp.rl.ppo`."""
-    out = self.policy_model.apply({"params": self.policy_params(params)}, sequences,
-                                  attention_mask=attention_mask)
-    if self.critic_model is None:
-      return out["logits"], out.get("values")
-    critic = self.critic_model.apply({"params": params["critic"]}, sequences, attention_mask=attention_mask)
-    return out["logits"], critic["values"]
+  def forward(self, params, sequences, attention_mask, response_width: int) -> tuple[jax.Array, jax.Array | None]:
+    """(logits [B, N, V], values [B, N] or None) at the positions predicting the N response tokens:
+    the `forward_fn` of `safecomp.rl.ppo` (`models.response_forward` of the policy, and of the critic)."""
+    logits, values = models.response_forward(self.policy_model, self.policy_params(params), sequences,
+                                             attention_mask, response_width)
+    if self.critic_model is not None:
+      _, values = models.response_forward(self.critic_model, params["critic"], sequences, attention_mask,
+                                          response_width)
+    return logits, values
 
 
 def map_rows(fn, rows: Any, chunk_rows: int) -> Any:
@@ -111,19 +112,17 @@ def score_policy(actor: ActorCritic, params, ref_params, batch: dict, cfg: Rollo
   n = batch["response_mask"].shape[1]
 
   def score(rows):
-    sequences, mask = rows["sequences"], rows["response_mask"]
     # sequences = [prompt (left- or right-padded, fixed width) | response (right-padded after EOS)].
-    prompt_mask = rows["attention_mask"][:, :-n]
+    sequences, mask, attention = rows["sequences"], rows["response_mask"], rows["attention_mask"]
 
     def response_logprobs(logits):
-      return models.response_logprobs(logits, sequences, prompt_mask, cfg.temperature, mask)
+      return models.token_logprobs(logits, sequences[:, -n:], cfg.temperature) * mask
 
-    logits, values = actor.forward(params, sequences, rows["attention_mask"])
-    values = (jnp.zeros(mask.shape, jnp.float32) if values is None
-              else models.response_outputs(values, prompt_mask))
-    ref = actor.policy_model.apply({"params": ref_params}, sequences, attention_mask=rows["attention_mask"])
+    logits, values = actor.forward(params, sequences, attention, n)
+    values = jnp.zeros(mask.shape, jnp.float32) if values is None else values
+    ref_logits, _ = models.response_forward(actor.policy_model, ref_params, sequences, attention, n)
     return {"old_logprobs": response_logprobs(logits), "values": values.astype(jnp.float32) * mask,
-            "ref_logprobs": response_logprobs(ref["logits"])}
+            "ref_logprobs": response_logprobs(ref_logits)}
 
   rows = {k: batch[k] for k in ("sequences", "attention_mask", "response_mask")}
   return map_rows(score, rows, cfg.score_chunk_rows)
