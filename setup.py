@@ -36,6 +36,6 @@ setup(
         # torch must be installed first as `torch==2.13.0` (CPU build); see README.
         # Only for the side-by-side PPO timing in benchmarks/ (TRL 1.13 dropped PPOTrainer).
         "bench": ["trl==1.12.0"],
-        "test": ["pytest>=8", "torch==2.13.0", "transformers[serving]==5.23.0", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+        "test": ["pytest>=8", "torch==2.13.0", "transformers[serving]==5.23.0", "peft==0.21.2", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
     },
 )

@@ -72,6 +72,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.param_dtype = "float32"
   c.model.remat = "none"
   c.max_prompt_len = 64
+
+  # Low-rank adapters (safecomp.models.lora) for every stage's model: rank 0 trains all weights; rank > 0
+  # freezes the base and trains adapters on `targets` (and the heads a stage adds). The base may be
+  # stored in bfloat16 (model.param_dtype); adapters keep float32.
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 0
+  c.lora.alpha = 16.0
+  c.lora.targets = "q,k,v,o,gate,up,down"
   c.chat_template = "testbed"  # llama2 | llama3 | mistral | qwen2 | gemma | testbed (see safecomp.tokenizers)
   c.pad_multiple = 16  # SFT/RM batches are cut to their longest row, rounded up to this
   c.max_seq_len = 160  # prompts <= 59 tokens, teacher turns (reasoning + answer) <= 85

@@ -104,7 +104,7 @@ def test_host_grader_step_equals_plain_jit_on_one_device():
 
   state, _ = parallel.init_sharded_state(step.create, params, step.param_shardings, mesh)
   batch = {"prompts": prompts, "prompt_mask": prompt_mask, "intent": np.zeros(b, np.int32), "step": np.int32(it)}
-  sharded_roll = step.sample(state.params, batch, parallel.place(policy, step.ref_shardings))
+  sharded_roll = step.sample(state, batch, parallel.place(policy, step.ref_shardings))
   for key in ppo_stage.ROLLOUT_KEYS:
     np.testing.assert_array_equal(np.asarray(sharded_roll[key]), roll[key], err_msg=key)
   state, metrics = step.update(state, {"rollout": sharded_roll, "scores": scores, "graded": graded,

@@ -24,6 +24,7 @@ REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_save
                   "checkpoint_dots", "checkpoint_dots_with_no_batch_dims", "nothing_saveable",
                   "everything_saveable")
 DTYPES = ("float32", "bfloat16", "float16")
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # projections an adapter can target
 
 _ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -90,9 +91,14 @@ class ModelConfig:
   param_dtype: str = "float32"
   remat: str = "none"
   initializer_range: float = 0.02
+  # Low-rank adapters (`safecomp.models.lora`): rank 0 = none; targets name projections.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple = ("q", "k", "v", "o", "gate", "up", "down")
 
   def __post_init__(self):
     object.__setattr__(self, "heads", tuple(self.heads))
+    object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
     if self.rope_scaling is not None:
       object.__setattr__(self, "rope_scaling", _freeze(dict(self.rope_scaling)))
     if isinstance(self.eos_token_id, (list, tuple)):
@@ -114,6 +120,15 @@ class ModelConfig:
                  "intermediate_size", "max_position_embeddings"):
       if int(getattr(self, name)) <= 0:
         raise ConfigError(f"model.{name}={getattr(self, name)!r} must be positive")
+    if int(self.lora_rank) < 0:
+      raise ConfigError(f"lora.rank={self.lora_rank!r} must be 0 (no adapters) or positive")
+    if self.lora_rank:
+      if not float(self.lora_alpha) > 0:
+        raise ConfigError(f"lora.alpha={self.lora_alpha!r} must be positive")
+      unknown = [t for t in self.lora_targets if t not in LORA_TARGETS]
+      if unknown or not self.lora_targets or len(set(self.lora_targets)) != len(self.lora_targets):
+        raise ConfigError(f"lora.targets={self.lora_targets!r}: give each of {LORA_TARGETS} at most "
+                          "once (at least one)")
     if self.num_heads % self.num_kv_heads:
       raise ConfigError(f"model.num_heads={self.num_heads} is not a multiple of "
                         f"model.num_kv_heads={self.num_kv_heads}")
@@ -322,6 +337,13 @@ def parse_heads(heads: Union[str, Sequence[str]]) -> tuple:
   return heads
 
 
+def parse_lora_targets(targets: Union[str, Sequence[str]]) -> tuple:
+  """`lora.targets`: "q,k,v,o" or a sequence of projection names -> a tuple (validated by ModelConfig)."""
+  if isinstance(targets, str):
+    targets = [t.strip() for t in targets.split(",") if t.strip()]
+  return tuple(targets)
+
+
 # Experiment-config key (under `model`) -> Hugging Face config.json key.
 HF_KEYS = {
     "family": "model_type",
@@ -347,7 +369,7 @@ def model_config_from(config: Any, heads: tuple[str, ...] = ("lm",), *, vocab_si
   """`ModelConfig` of the experiment's model with `heads`, numerics from `model.dtype` etc.
 
   Args:
-    config: the experiment ConfigDict (reads its `model` section).
+    config: the experiment ConfigDict (reads its `model` section, and `lora` for adapters).
     heads: heads to build ("lm"; "lm", "value" for the PPO policy; "severity", "helpfulness"
       for the reward model).
     vocab_size: overrides / supplies the vocabulary size (fresh models take it from the tokenizer).
@@ -359,6 +381,10 @@ def model_config_from(config: Any, heads: tuple[str, ...] = ("lm",), *, vocab_si
   m = config.model
   numerics = dict(heads=tuple(heads), dtype=m.get("dtype", "float32"),
                   param_dtype=m.get("param_dtype", "float32"), remat=m.get("remat", "none"))
+  adapters = config.get("lora")
+  if adapters is not None:  # the `lora` section: adapters on every stage's model (rank 0: none)
+    numerics.update(lora_rank=int(adapters.rank), lora_alpha=float(adapters.alpha),
+                    lora_targets=parse_lora_targets(adapters.targets))
   init_from = m.get("init_from", "")
   if init_from and (pathlib.Path(init_from) / "config.json").is_file():
     hf = json.loads((pathlib.Path(init_from) / "config.json").read_text())

@@ -22,7 +22,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from safecomp.errors import CheckpointError, ConfigError
-from safecomp.models.config import ModelConfig, parse_heads
+from safecomp.models import lora
+from safecomp.models.config import LORA_TARGETS, ModelConfig, parse_heads
 from safecomp.models.transformer import Transformer
 
 CONFIG_FILE = "config.json"
@@ -100,7 +101,7 @@ def _trunk_entries(config: ModelConfig, shapes: Mapping[tuple, tuple]) -> List[_
   """HF entries for every trunk / LM-head param (heads excluded)."""
   entries = []
   for path, shape in shapes.items():
-    if path[0] in HEAD_MODULES.values():
+    if path[0] in HEAD_MODULES.values() or lora.is_adapter(path):
       continue
     if path[0] == "layers":
       name, n_in = _LAYER_MAP[path[1:]]
@@ -157,6 +158,11 @@ class _Reader:
     return handle.get_tensor(name).astype(dtype)
 
 
+def _fresh_adapters(model: Transformer, rng: jax.Array) -> dict:
+  """Fresh adapters only (A random, B zero); the base init is dead code XLA removes."""
+  return jax.jit(lambda r: lora.adapters(nn.meta.unbox(model.init(r, jnp.zeros((1, 2), jnp.int32)))["params"]))(rng)
+
+
 def _fresh_heads(model: Transformer, rng: jax.Array, modules: Sequence[str]) -> dict:
   """Initialises only the named head modules (the trunk init is dead code XLA removes)."""
   def init(rng):
@@ -167,7 +173,8 @@ def _fresh_heads(model: Transformer, rng: jax.Array, modules: Sequence[str]) -> 
 
 def load_pretrained(path: os.PathLike, dtype: str = "float32", heads: Sequence[str] = ("lm",),
                     tokenizer: Any = None, *, param_dtype: str = "float32", remat: str = "none",
-                    seed: int = 0) -> Tuple[Transformer, dict]:
+                    seed: int = 0, lora_rank: int = 0, lora_alpha: float = 16.0,
+                    lora_targets: Sequence[str] = LORA_TARGETS) -> Tuple[Transformer, dict]:
   """Loads a local HF-style directory into `(Transformer, params)`.
 
   Args:
@@ -177,6 +184,8 @@ def load_pretrained(path: os.PathLike, dtype: str = "float32", heads: Sequence[s
     heads: heads to build; value/reward heads absent from the checkpoint are initialised from
       `seed`.
     tokenizer: optional object with `.vocab_size`; more token ids than embedding rows is an error.
+    lora_rank, lora_alpha, lora_targets: fresh low-rank adapters on the loaded weights (rank 0: none);
+      a fresh adapter leaves the logits unchanged (its B is zero).
 
   Raises:
     CheckpointError: missing/unexpected tensor, wrong shape, or vocabulary mismatch (names the
@@ -192,7 +201,8 @@ def load_pretrained(path: os.PathLike, dtype: str = "float32", heads: Sequence[s
     raise CheckpointError(f"{config_path}: invalid JSON ({e})") from e
   try:
     config = ModelConfig.from_hf(hf_config, heads=parse_heads(heads), dtype=dtype,
-                                 param_dtype=param_dtype, remat=remat)
+                                 param_dtype=param_dtype, remat=remat, lora_rank=int(lora_rank),
+                                 lora_alpha=float(lora_alpha), lora_targets=tuple(lora_targets))
   except ConfigError as e:
     raise CheckpointError(f"{config_path}: {e}") from e
   if tokenizer is not None and int(tokenizer.vocab_size) > config.vocab_size:
@@ -237,6 +247,8 @@ def load_pretrained(path: os.PathLike, dtype: str = "float32", heads: Sequence[s
   params = traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()})
   if missing:
     params.update(_fresh_heads(model, jax.random.PRNGKey(seed), missing))
+  if config.lora_rank:
+    params = lora.combine(params, _fresh_adapters(model, jax.random.PRNGKey(seed + 1)))
   return model, params
 
 
@@ -279,6 +291,9 @@ def export_pretrained(model: Transformer, params: Mapping, path: os.PathLike,
   config = model.config
   if params.keys() == {"params"}:
     params = params["params"]
+  if config.lora_rank:  # the merged model: W + (alpha / rank) A B, a plain checkpoint
+    params = lora.merge(params, config.lora_alpha, config.lora_rank)
+    config = config.replace(lora_rank=0)
   out_dtype = dtype or config.param_dtype
   np_dtype = jnp.dtype(out_dtype)
   directory = pathlib.Path(path)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from safecomp.models import lora
 from safecomp.models.config import ModelConfig
 
 Array = jax.Array
@@ -127,10 +128,12 @@ class Attention(nn.Module):
     dt, pdt = cfg.compute_dtype, cfg.params_dtype
 
     def proj(name, heads, head_axis):
-      return nn.DenseGeneral(
+      y = nn.DenseGeneral(
           (heads, cfg.head_dim), use_bias=cfg.attention_bias, dtype=dt, param_dtype=pdt,
           kernel_init=dense_init(cfg, ("embed", head_axis, "head_dim")),
           bias_init=zeros_init((head_axis, "head_dim")), name=name)(x)
+      delta = lora.maybe_delta(cfg, name, x, ("embed",), (heads, cfg.head_dim), (head_axis, "head_dim"))
+      return y if delta is None else y + delta
 
     q = proj("q", cfg.num_heads, "heads")
     k = proj("k", cfg.num_kv_heads, "kv_heads")
@@ -155,11 +158,12 @@ class Attention(nn.Module):
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=cfg.head_dim ** -0.5,
                                        implementation="xla")
     out = nn.with_logical_constraint(out, q_axes)
-    out = nn.DenseGeneral(
+    y = nn.DenseGeneral(
         cfg.hidden_size, axis=(-2, -1), use_bias=cfg.attention_out_bias, dtype=dt, param_dtype=pdt,
         kernel_init=dense_init(cfg, ("heads", "head_dim", "embed")),
         bias_init=zeros_init(("embed",)), name="o")(out)
-    return out, new_cache
+    delta = lora.maybe_delta(cfg, "o", out, ("heads", "head_dim"), (cfg.hidden_size,), ("embed",))
+    return (y if delta is None else y + delta), new_cache
 
 
 def activation(name: str):
@@ -179,16 +183,18 @@ class MLP(nn.Module):
     cfg = self.config
     dt, pdt = cfg.compute_dtype, cfg.params_dtype
 
-    def dense(name, features, names):
-      return nn.Dense(features, use_bias=cfg.mlp_bias, dtype=dt, param_dtype=pdt,
-                      kernel_init=dense_init(cfg, names), bias_init=zeros_init(names[-1:]),
-                      name=name)
+    def dense(name, inputs, features, names):
+      y = nn.Dense(features, use_bias=cfg.mlp_bias, dtype=dt, param_dtype=pdt,
+                   kernel_init=dense_init(cfg, names), bias_init=zeros_init(names[-1:]),
+                   name=name)(inputs)
+      delta = lora.maybe_delta(cfg, name, inputs, names[:1], (features,), names[1:])
+      return y if delta is None else y + delta
 
-    gate = dense("gate", cfg.intermediate_size, ("embed", "mlp"))(x)
-    up = dense("up", cfg.intermediate_size, ("embed", "mlp"))(x)
+    gate = dense("gate", x, cfg.intermediate_size, ("embed", "mlp"))
+    up = dense("up", x, cfg.intermediate_size, ("embed", "mlp"))
     h = activation(cfg.hidden_act)(gate) * up
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-    return dense("down", cfg.hidden_size, ("mlp", "embed"))(h)
+    return dense("down", h, cfg.hidden_size, ("mlp", "embed"))
 
 
 class DecoderBlock(nn.Module):

@@ -43,6 +43,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("head_dim", None),
     ("mlp", "tensor"),
     ("layers", None),
+    ("lora_rank", None),  # adapters shard like the weights they adapt, never along their rank
 )
 
 AnyMesh = Mesh | AbstractMesh

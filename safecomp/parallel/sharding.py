@@ -22,6 +22,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from safecomp import models
+from safecomp.models import lora
 from safecomp.parallel.mesh import DEFAULT_RULES, AnyMesh, mesh_sizes
 
 Rules = Sequence[tuple[str, Any]]
@@ -98,16 +99,21 @@ def replicated(mesh: AnyMesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def state_shardings(abstract_state: Any, params_shardings: Any, mesh: AnyMesh) -> Any:
+def state_shardings(abstract_state: Any, params_shardings: Any, mesh: AnyMesh, split_fn: Callable | None = None) -> Any:
   """Shardings of a `TrainState` (or subclass, e.g. `RLTrainState`) from its abstract value.
 
   `abstract_state` is `jax.eval_shape(lambda: TrainState.create(...))`. Parameters get
   `params_shardings`; optimizer leaves that mirror parameters get the same sharding (found with
   `optax.tree_map_params`, so chains, `MultiSteps`, masked transforms all work); everything else
-  (step counts, KL coefficient, running statistics) is replicated.
+  (step counts, KL coefficient, running statistics) is replicated. A state with frozen base weights
+  (`lora.TrainState` with adapters) gets `params_shardings` for the whole model's tree, cut by `split_fn`
+  (default `lora.split`) into the frozen part's and the trainable part's.
   """
   rep = replicated(mesh)
   out = jax.tree.map(lambda _: rep, abstract_state)
+  if getattr(abstract_state, "frozen", None) is not None:
+    frozen_shardings, params_shardings = (split_fn or lora.split)(params_shardings)
+    out = out.replace(frozen=frozen_shardings)
   opt = optax.tree_map_params(
       abstract_state.tx, lambda _, sharding: sharding, abstract_state.opt_state, params_shardings,
       transform_non_params=lambda _: rep,
@@ -116,14 +122,14 @@ def state_shardings(abstract_state: Any, params_shardings: Any, mesh: AnyMesh) -
 
 
 def init_sharded_state(create_fn: Callable[..., Any], params: Any, params_shardings: Any,
-                       mesh: AnyMesh) -> tuple[Any, Any]:
+                       mesh: AnyMesh, split_fn: Callable | None = None) -> tuple[Any, Any]:
   """`(state, shardings)`: `create_fn(params)` built on the mesh (e.g. `TrainState.create(...)`).
 
   `params` may be host arrays (a freshly loaded checkpoint) or device arrays; they are placed with
   `params_shardings` first, and the optimizer state is created in place, already sharded.
   """
   abstract = jax.eval_shape(create_fn, params)
-  shardings = state_shardings(abstract, params_shardings, mesh)
+  shardings = state_shardings(abstract, params_shardings, mesh, split_fn)
   placed = place(params, params_shardings)
   state = jax.jit(create_fn, in_shardings=(params_shardings,), out_shardings=shardings)(placed)
   return state, shardings

@@ -18,7 +18,7 @@ import optax
 from flax.training import train_state
 
 from safecomp.errors import ConfigError, SafecompError
-from safecomp.models import token_logprobs
+from safecomp.models import lora, token_logprobs
 from safecomp.rl import advantages as adv_lib
 from safecomp.rl import kl as kl_lib
 from safecomp.rl import losses
@@ -126,20 +126,24 @@ class PPOConfig:
     return cls(**dict(values))
 
 
-class RLTrainState(train_state.TrainState):
-  """TrainState plus the controller state carried between updates."""
-  kl_coef: jax.Array
-  score_moments: adv_lib.RunningMoments
+class RLTrainState(lora.TrainState):
+  """TrainState plus the controller state carried between updates (and, with adapters, the frozen base:
+  see `lora.TrainState`)."""
+  kl_coef: jax.Array = None  # set by create_rl_state (defaults only because the base class has some)
+  score_moments: adv_lib.RunningMoments = None
 
 
 def create_rl_state(
-    params: Any, tx: optax.GradientTransformation, config: PPOConfig,
-    apply_fn: Callable | None = None) -> RLTrainState:
-  """A fresh RLTrainState with the config's initial KL coefficient and empty score statistics."""
-  state = RLTrainState.create(
-      apply_fn=apply_fn, params=params, tx=tx,
-      kl_coef=jnp.asarray(config.kl_coef, jnp.float32),
-      score_moments=adv_lib.init_running_moments())
+    params: Any, tx: optax.GradientTransformation, config: PPOConfig, *, adapters: bool = False,
+    split_fn: Callable | None = None, join_fn: Callable | None = None) -> RLTrainState:
+  """A fresh RLTrainState with the config's initial KL coefficient and empty score statistics.
+
+  With `adapters`, `params` (the model's whole tree) is cut by `split_fn` into the frozen base and the
+  trainable part (adapters, value head); `join_fn` puts them back together (`lora.create_state`).
+  """
+  state = lora.create_state(
+      params, tx, adapters=adapters, split_fn=split_fn, join_fn=join_fn, state_class=RLTrainState,
+      kl_coef=jnp.asarray(config.kl_coef, jnp.float32), score_moments=adv_lib.init_running_moments())
   # An int32 array step (not Python 0) keeps the jitted update from recompiling after step 0.
   return state.replace(step=jnp.zeros((), jnp.int32))
 
@@ -263,7 +267,7 @@ def ppo_update(
     rollout: dict of arrays:
       sequences [B, L] int32 (left-padded prompt + response), attention_mask [B, L],
       response_mask [B, N] (1 up to and including EOS), ref_logprobs [B, N], scores [B];
-      old_logprobs [B, N] (rollout policy, same temperature; recomputed with `state.params` when
+      old_logprobs [B, N] (rollout policy, same temperature; recomputed with the state's params when
       absent) and values [B, N] (critic values at rollout; zeros without a critic, recomputed for
       ppo when absent).
     forward_fn: (params, sequences, attention_mask, N) -> (logits [B, N, V], values [B, N] or None)
@@ -282,7 +286,7 @@ def ppo_update(
   needs_values = config.algorithm == "ppo" and "values" not in rollout
   if "old_logprobs" not in rollout or needs_values:
     logits, values = response_logits_values(
-        forward_fn, state.params, rollout["sequences"], rollout["attention_mask"], n,
+        forward_fn, lora.model_params(state, state.params), rollout["sequences"], rollout["attention_mask"], n,
         config.temperature)
     rollout.setdefault("old_logprobs", jax.lax.stop_gradient(token_logprobs(logits, responses)))
     if needs_values:
@@ -314,9 +318,11 @@ def ppo_update(
       "returns": returns,
   }
 
-  def loss_fn(params, mb):
+  def loss_fn(params, mb, state):
+    # `params` is what trains (the whole model, or adapters and heads on the frozen base).
     logits, values = response_logits_values(
-        forward_fn, params, mb["sequences"], mb["attention_mask"], n, config.temperature)
+        forward_fn, lora.model_params(state, params), mb["sequences"], mb["attention_mask"], n,
+        config.temperature)
     mb_mask = mb["response_mask"]
     logp = token_logprobs(logits, mb["sequences"][:, -n:])
     pg_loss, metrics = losses.policy_loss(
@@ -348,7 +354,7 @@ def ppo_update(
 
   def minibatch_step(state, idx):
     mb = jax.tree.map(lambda x: x[idx], data)
-    grads, metrics = grad_fn(state.params, mb)
+    grads, metrics = grad_fn(state.params, mb, state)
     metrics["grad_norm"] = optax.tree.norm(grads)
     return state.apply_gradients(grads=grads), metrics
 

@@ -25,6 +25,7 @@ import optax
 from flax.training import train_state
 
 from safecomp.errors import SafecompError
+from safecomp.models import lora
 from safecomp.training.checkpoints import StageCheckpointer
 from safecomp.training.metrics import MetricWriter, progress
 
@@ -100,9 +101,10 @@ def _strongly_typed(tree: Any, like: Any) -> Any:
   return jax.tree.map(convert, tree, like)
 
 
-def new_state(params: Any, tx: optax.GradientTransformation) -> train_state.TrainState:
-  """A fresh TrainState of a supervised stage."""
-  return train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
+def new_state(params: Any, tx: optax.GradientTransformation, adapters: bool = False) -> lora.TrainState:
+  """A fresh TrainState of a supervised stage; with `adapters` (a LoRA model) only the adapters and
+  fresh heads train and the base stays frozen (`lora.TrainState`)."""
+  return lora.create_state(params, tx, adapters=adapters)
 
 
 def checkpoint_tree(state: train_state.TrainState) -> dict:

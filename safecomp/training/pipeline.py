@@ -22,6 +22,7 @@ import ml_collections
 from safecomp import config as config_lib
 from safecomp import graders as graders_lib
 from safecomp import models
+from safecomp.models import lora
 from safecomp import parallel
 from safecomp import spec as spec_lib
 from safecomp import tasks
@@ -44,7 +45,7 @@ from safecomp.training.checkpoints import CONFIG_FILE, StageCheckpointer, first_
 
 STAGES = ("sft", "rm", "ppo", "eval")
 # Config keys that decide the shapes of every checkpoint: stored with it, checked on restore.
-SHAPE_KEYS = ("model", "testbed.world_seed", "max_seq_len")
+SHAPE_KEYS = ("model", "lora", "testbed.world_seed", "max_seq_len")
 # What can change a stage's result. Keys that cannot: which stages run, how often a stage logs, evaluates
 # and saves, how the same arithmetic is laid out over devices and processes, where public sets are
 # cached and how a grader server is reached. Changing them never invalidates a finished stage.
@@ -237,8 +238,10 @@ class Pipeline:
     """(model, params): from `model.init_from` when set, else freshly initialised (seeded)."""
     if self.config.model.init_from:
       m = self.config.model
+      a = self.config.lora
       return models.load_pretrained(m.init_from, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
-                                    heads=heads, tokenizer=self.tokenizer, seed=self.config.seed + seed_offset)
+                                    heads=heads, tokenizer=self.tokenizer, seed=self.config.seed + seed_offset,
+                                    lora_rank=a.rank, lora_alpha=a.alpha, lora_targets=models.parse_lora_targets(a.targets))
     cfg = self.model_config(heads)
     params = models.init_params(cfg, jax.random.key(self.config.seed * 1000 + seed_offset))
     return models.Transformer(cfg), params
@@ -258,8 +261,9 @@ class Pipeline:
     rules = parallel.rules_from_config(self.config)
     parallel.check_batch_size(global_batch, self.mesh, batch_key, rules)
     param_sh = parallel.param_shardings(model.config, self.mesh, rules)
-    state, state_sh = parallel.init_sharded_state(lambda q: loop_lib.new_state(q, tx), params, param_sh,
-                                                  self.mesh)
+    adapters = bool(model.config.lora_rank)
+    state, state_sh = parallel.init_sharded_state(lambda q: loop_lib.new_state(q, tx, adapters), params,
+                                                  param_sh, self.mesh)
     batch_sh = parallel.batch_shardings(example_batch, self.mesh, rules)
     step = parallel.shard_step(step_fn, self.mesh, rules, state_sh, batch_sh, global_batch=global_batch)
     return state, step, parallel.host_rows(batch_sh["tokens"], global_batch)
@@ -288,10 +292,16 @@ class Pipeline:
     return tree
 
   def trained_params(self, stage: str, params_like: Any, section: str) -> Any:
-    """The parameters of a completed SFT/RM stage (restored into the shapes of `params_like`)."""
+    """The parameters of a completed SFT/RM stage (restored into the shapes of `params_like`).
+
+    With adapters (`lora.rank`) the checkpoint holds the trainable part only; the frozen base is
+    `params_like`'s, the stage's starting point.
+    """
     tx = loop_lib.make_optimizer(self.config[section], self.config[section].steps)
-    abstract = jax.eval_shape(lambda: loop_lib.checkpoint_tree(loop_lib.new_state(params_like, tx)))
-    return self.final_params(stage, abstract)["params"]
+    adapters = bool(self.config.lora.rank)
+    abstract = jax.eval_shape(lambda: loop_lib.checkpoint_tree(loop_lib.new_state(params_like, tx, adapters)))
+    trained = self.final_params(stage, abstract)["params"]
+    return lora.combine(lora.split(params_like)[0], trained) if adapters else trained
 
   def sft_policy(self) -> tuple[Any, Any]:
     """(model, params) of the finished SFT stage; an error naming the stage when there is none."""

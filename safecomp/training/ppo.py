@@ -100,7 +100,9 @@ def initial_state(p, policy_params, tx=None) -> ppo_lib.RLTrainState:
   c = p.config
   if tx is None:
     tx = ppo_optimizer(c)
-  return ppo_lib.create_rl_state(policy_params, tx, ppo_config(c, p.stop_ids))
+  actor = abstract_actor_critic(c, p.tokenizer.vocab_size)
+  return ppo_lib.create_rl_state(policy_params, tx, ppo_config(c, p.stop_ids), adapters=actor.adapters,
+                                 split_fn=actor.split, join_fn=actor.join)
 
 
 def ppo_optimizer(c):
@@ -133,7 +135,9 @@ def actor_critic(p, trained: bool = True, rm_params: Any = None
   The policy starts as the SFT model and the reference is a frozen copy of it. "shared": a value head
   on the policy's own trunk. "separate": a critic model of the same size with its own trunk, started
   from the reward model's (`rm_params`, else the SFT trunk), so value-loss gradients never move the
-  policy. `trained=False` gives the same shapes without restoring any checkpoint.
+  policy. `trained=False` gives the same shapes without restoring any checkpoint. With adapters
+  (`lora.rank`) every model shares the frozen base: the policy trains the SFT adapters on, the critic
+  the reward model's, and the reference is that base with the SFT adapters (`ActorCritic.reference_part`).
   """
   c = p.config
   policy_heads, value_heads = critic_heads(c.ppo.critic)
@@ -142,11 +146,12 @@ def actor_critic(p, trained: bool = True, rm_params: Any = None
   if value_heads is None:
     model, init = p.init_model(policy_heads, seed_offset=3)
     params = models.graft(init, sft_params)
-    return rollout_lib.ActorCritic(model), params, params
+    actor = rollout_lib.ActorCritic(model)
+    return actor, params, actor.reference_part(params)
   critic_model, critic_init = p.init_model(value_heads, seed_offset=3)
   critic_params = models.graft(critic_init, sft_params if rm_params is None else rm_params)
-  return (rollout_lib.ActorCritic(lm_model, critic_model), {"policy": sft_params, "critic": critic_params},
-          sft_params)
+  actor = rollout_lib.ActorCritic(lm_model, critic_model)
+  return actor, {"policy": sft_params, "critic": critic_params}, actor.reference_part(sft_params)
 
 
 def abstract_actor_critic(c, vocab_size: int | None = None) -> rollout_lib.ActorCritic:
@@ -175,8 +180,9 @@ def actor_abstract_params(actor: rollout_lib.ActorCritic) -> Any:
 def final_policy_params(p) -> Any:
   """The language-model parameters of the completed PPO policy (no value head)."""
   actor, init, _ = actor_critic(p, trained=False)
-  abstract = jax.eval_shape(lambda: rl_tree(initial_state(p, init)))
-  params = actor.policy_params(p.final_params("ppo", abstract)["params"])
+  state = initial_state(p, init)
+  trained = p.final_params("ppo", jax.eval_shape(lambda: rl_tree(state)))["params"]
+  params = actor.policy_params(state.model_params(trained))
   return {k: v for k, v in params.items() if k != "value_head"}
 
 
@@ -238,7 +244,7 @@ class PPOStep:
     if self.fused is not None:
       return {"rollout+update": (self.fused, (state, batch, ref, w(self.abstract_scorer, self.scorer_shardings)))}
     update_batch = w(self.update_batch, parallel.batch_shardings(self.update_batch, self.mesh, self.rules))
-    return {"rollout": (self.sample, (state.params, batch, ref)), "update": (self.update, (state, update_batch))}
+    return {"rollout": (self.sample, (state, batch, ref)), "update": (self.update, (state, update_batch))}
 
   def lower(self, platform: str | None = None) -> dict[str, Any]:
     """{name: jax.stages.Lowered} of every step (`platform` when the mesh is abstract)."""
@@ -265,14 +271,16 @@ def build_ppo_step(c, actor: rollout_lib.ActorCritic, scorer: Any, mesh, *, stop
   cfg = ppo_config(c, stop_ids)
   roll_cfg = rollout_config(c, stop_ids, pad_id)
   tx = ppo_optimizer(c)  # one optimizer object: the state's tree structure must not change
-  create = lambda params: ppo_lib.create_rl_state(params, tx, cfg)
+  create = lambda params: ppo_lib.create_rl_state(params, tx, cfg, adapters=actor.adapters,
+                                                   split_fn=actor.split, join_fn=actor.join)
   update = functools.partial(ppo_lib.ppo_update, forward_fn=actor.forward, config=cfg)
 
   param_sh = actor_shardings(actor, mesh, rules)
   abstract_state = jax.eval_shape(create, actor_abstract_params(actor))
-  state_sh = parallel.state_shardings(abstract_state, param_sh, mesh)
+  state_sh = parallel.state_shardings(abstract_state, param_sh, mesh, actor.split)
   ref_config = actor.policy_model.config
-  abstract_ref, ref_sh = parallel.abstract_params(ref_config)[0], parallel.param_shardings(ref_config, mesh, rules)
+  abstract_ref = actor.reference_part(parallel.abstract_params(ref_config)[0])
+  ref_sh = actor.reference_part(parallel.param_shardings(ref_config, mesh, rules))
   i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
   f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
   batch = {"prompts": i32(b, width), "prompt_mask": i32(b, width), "intent": i32(b), "step": i32()}
@@ -289,8 +297,8 @@ def build_ppo_step(c, actor: rollout_lib.ActorCritic, scorer: Any, mesh, *, stop
     def fused_step(state, batch, ref_params, scorer_params):
       roll_key, update_key = iteration_keys(c, batch["step"])
       inputs = {k: batch[k] for k in input_keys} or None
-      roll = rollout(state.params, ref_params, scorer_params, batch["prompts"], batch["prompt_mask"],
-                     batch["intent"], roll_key, inputs)
+      roll = rollout(state.model_params(), actor.reference(state.frozen, ref_params), scorer_params,
+                     batch["prompts"], batch["prompt_mask"], batch["intent"], roll_key, inputs)
       new_state, metrics = update(state, roll, rng=update_key)
       new_state, metrics["nonfinite"] = loop_lib.keep_if_finite(state, new_state, metrics["loss"])
       metrics.update(proxy_safety=roll["safety"].mean(), proxy_helpfulness=roll["helpfulness"].mean(),
@@ -307,9 +315,10 @@ def build_ppo_step(c, actor: rollout_lib.ActorCritic, scorer: Any, mesh, *, stop
 
   sampler = rollout_lib.make_sampler(actor, roll_cfg)
 
-  def sample_step(params, batch, ref_params):
+  def sample_step(state, batch, ref_params):
     roll_key, _ = iteration_keys(c, batch["step"])
-    roll = sampler(params, ref_params, batch["prompts"], batch["prompt_mask"], roll_key)
+    roll = sampler(state.model_params(), actor.reference(state.frozen, ref_params), batch["prompts"],
+                   batch["prompt_mask"], roll_key)
     return {k: roll[k] for k in ROLLOUT_KEYS}
 
   def update_step(state, batch):
@@ -324,12 +333,12 @@ def build_ppo_step(c, actor: rollout_lib.ActorCritic, scorer: Any, mesh, *, stop
                    response_mask=roll["response_mask"], proxy_rewards=roll["scores"])
     return new_state, metrics
 
-  abstract_roll = jax.eval_shape(sample_step, abstract_state.params, batch, abstract_ref)
+  abstract_roll = jax.eval_shape(sample_step, abstract_state, batch, abstract_ref)
   update_batch = {"rollout": abstract_roll, "scores": f32(b), "graded": i32(b), "step": i32()}
   roll_sh = parallel.batch_shardings(abstract_roll, mesh, rules)
-  # The sampler leaves the state alone: params in, rollout rows out (split like the batch).
+  # The sampler leaves the state alone: state in (not donated), rollout rows out (split like the batch).
   sample = parallel.ShardedStep(
-      jax.jit(sample_step, in_shardings=(state_sh.params, batch_sh, ref_sh), out_shardings=roll_sh),
+      jax.jit(sample_step, in_shardings=(state_sh, batch_sh, ref_sh), out_shardings=roll_sh),
       mesh, rules, batch_sh, b)
   update_sh = parallel.batch_shardings(update_batch, mesh, rules)
   update_fn = parallel.shard_step(update_step, mesh, rules, state_sh, update_sh, global_batch=b)
@@ -396,7 +405,7 @@ def ppo_step(p, prompts) -> tuple[PPOStep, dict]:
     inputs = {k: jax.ShapeDtypeStruct(shape, np.int32) for k in ("judge_heads", "judge_head_mask")}
   step = build_ppo_step(c, actor, scorer, p.mesh, stop_ids=p.stop_ids, pad_id=p.tokenizer.pad_id,
                         scorer_inputs=inputs)
-  state, _ = parallel.init_sharded_state(step.create, policy_params, step.param_shardings, p.mesh)
+  state, _ = parallel.init_sharded_state(step.create, policy_params, step.param_shardings, p.mesh, actor.split)
   args = {"state": state, "ref_params": parallel.place(ref_params, step.ref_shardings),
           "scorer_params": None if scorer is None else parallel.place(scorer_params, step.scorer_shardings),
           "scorer_inputs": segments}
@@ -455,7 +464,7 @@ def run_ppo(p) -> dict:
     def step_fn(state, batch):
       index = batch.pop("index")
       batch = local(batch)
-      roll = step.sample(state.params, {k: batch[k] for k in step.batch}, ref_params)
+      roll = step.sample(state, {k: batch[k] for k in step.batch}, ref_params)
       grades, batch_prompts = grade(index[own_rows], process_rows(roll["sequences"])[:, -c.ppo.max_new_tokens:],
                                     process_rows(roll["response_mask"]), reward_grader)
       scored = rewards(grades, batch_prompts, c.reward.kind)

@@ -15,6 +15,7 @@ from safecomp import models
 from safecomp import parallel
 from safecomp.errors import ConfigError
 from safecomp.parallel.distributed import is_main_process
+from safecomp.models import lora
 from safecomp.parallel.step import accumulate_gradients
 from safecomp.rewards import reward_model as rm_lib
 from safecomp.training import batching
@@ -39,9 +40,9 @@ def rm_step_fn(model, weights: dict, helpfulness_kind: str, microbatches: int = 
     labels = {k: batch[k] for k in LABEL_KEYS if k in batch}
     return rm_lib.rm_loss(outputs, labels, weights, helpfulness_kind=helpfulness_kind)
 
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
   def step(state: train_state.TrainState, batch):
+    # Gradients of the trainable part only (all of it, or the adapters and heads on a frozen base).
+    grad_fn = jax.value_and_grad(lambda p, b: loss_fn(lora.model_params(state, p), b), has_aux=True)
     (loss, metrics), grads = accumulate_gradients(grad_fn, state.params, batch, microbatches)
     state, nonfinite = loop_lib.apply_if_finite(state, grads, loss)
     return state, dict(metrics, grad_norm=optax.global_norm(grads), nonfinite=nonfinite)
@@ -174,7 +175,7 @@ def run_rm(p) -> dict:
       state, step_fn, lambda step: {k: v[rows] for k, v in global_batch(step).items()},
       p.checkpointer("rm"), writer,
       loop_lib.LoopConfig(c.rm.steps, c.rm.log_every, c.rm.checkpoint_every, c.max_consecutive_nonfinite, "rm"))
-  predictions = rm_predict(model, state.params, held, c.rm.batch_size, c.rm.helpfulness_loss)
+  predictions = rm_predict(model, state.model_params(), held, c.rm.batch_size, c.rm.helpfulness_loss)
   report = rm_report(predictions, held)
   on_policy = np.asarray([bool(r.get("policy_sample")) for r in held_rows])
   if on_policy.any():  # accuracy where PPO will query it: on the SFT policy's own samples

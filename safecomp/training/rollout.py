@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from safecomp import models
+from safecomp.models import lora
 from safecomp import parallel
 from safecomp.constants import INTENT_INDEX
 from safecomp.rewards import composite
@@ -72,6 +73,37 @@ class ActorCritic:
   def policy_params(self, params):
     """The parameters `policy_model` samples with (and the reference is a copy of)."""
     return params if self.critic_model is None else params["policy"]
+
+  # -- low-rank adapters: one frozen base under the policy, its reference and the critic ------------
+  @property
+  def adapters(self) -> bool:
+    """Whether the models carry LoRA adapters (`lora.rank` > 0): the base weights are then frozen."""
+    return bool(self.policy_model.config.lora_rank)
+
+  def split(self, params) -> tuple[Any, Any]:
+    """(frozen, trainable) of an actor-critic tree with adapters: the policy's base weights, held once
+    (a separate critic runs on the same base without the LM head), and every adapter and value head."""
+    if self.critic_model is None:
+      return lora.split(params)
+    frozen, policy = lora.split(params["policy"])
+    return frozen, {"policy": policy, "critic": lora.split(params["critic"])[1]}
+
+  def join(self, frozen, trainable):
+    """The actor-critic tree of `split`'s halves."""
+    if self.critic_model is None:
+      return lora.combine(frozen, trainable)
+    critic_base = {k: v for k, v in frozen.items() if k != "lm_head"}
+    return {"policy": lora.combine(frozen, trainable["policy"]),
+            "critic": lora.combine(critic_base, trainable["critic"])}
+
+  def reference_part(self, reference):
+    """What the PPO step keeps of the reference policy's tree: all of it, or with adapters only its
+    trainable part (the SFT adapters): the reference is the frozen base with those, no second base."""
+    return lora.split(reference)[1] if self.adapters else reference
+
+  def reference(self, frozen, reference_part):
+    """The reference policy's tree from `reference_part` (and the frozen base, with adapters)."""
+    return lora.combine(frozen, reference_part) if self.adapters else reference_part
 
   def forward(self, params, sequences, attention_mask, response_width: int) -> tuple[jax.Array, jax.Array | None]:
     """(logits [B, N, V], values [B, N] or None) at the positions predicting the N response tokens:

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from safecomp.models import lora
 from safecomp.parallel.step import accumulate_gradients
 from safecomp.training import batching
 from safecomp.training import loop as loop_lib
@@ -40,9 +41,9 @@ def sft_step_fn(model, microbatches: int = 1):
   With `microbatches > 1` the gradient is accumulated over strided micro-batches inside the step,
   weighted by their target tokens, so the update equals one pass over the whole batch.
   """
-  grad_fn = jax.value_and_grad(lambda p, b: sft_loss(model, p, b), has_aux=True)
-
   def step(state: train_state.TrainState, batch):
+    # Gradients of the trainable part only (all of it, or the adapters on a frozen base).
+    grad_fn = jax.value_and_grad(lambda p, b: sft_loss(model, lora.model_params(state, p), b), has_aux=True)
     (loss, metrics), grads = accumulate_gradients(grad_fn, state.params, batch, microbatches,
                                                   weight_key="target_tokens")
     state, nonfinite = loop_lib.apply_if_finite(state, grads, loss)
@@ -104,7 +105,7 @@ def run_sft(p) -> dict:
       p.checkpointer("sft"), writer,
       loop_lib.LoopConfig(c.sft.steps, c.sft.log_every, c.sft.checkpoint_every,
                           c.max_consecutive_nonfinite, "sft"),
-      eval_fn=lambda state, step: evaluate(state.params), eval_every=c.sft.eval_every)
-  summary = dict(evaluate(state.params), **stats)
+      eval_fn=lambda state, step: evaluate(state.model_params()), eval_every=c.sft.eval_every)
+  summary = dict(evaluate(state.model_params()), **stats)
   writer.close()
   return summary

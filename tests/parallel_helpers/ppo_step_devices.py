@@ -51,7 +51,7 @@ def main():
   out["sampler_is_sharded"] = isinstance(step.sample, parallel.ShardedStep) and step.fused is None
   out["mesh_devices"] = int(step.mesh.devices.size)
   out["rows"] = step.rows().tolist()
-  roll = step.sample(args["state"].params, {"prompts": np.zeros((8, p.config.max_prompt_len), np.int32),
+  roll = step.sample(args["state"], {"prompts": np.zeros((8, p.config.max_prompt_len), np.int32),
                                             "prompt_mask": np.ones((8, p.config.max_prompt_len), np.int32),
                                             "intent": np.zeros(8, np.int32), "step": np.int32(0)},
                      args["ref_params"])
