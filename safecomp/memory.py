@@ -8,7 +8,10 @@ The PPO stage is planned as `run_ppo` runs it: the step comes from `training.ppo
 the compiled rollout when `reward.grader=rm`, else a sampler and an update with the reward graded on
 the host in between). Parameters, optimizer state, frozen models (PPO reference and reward model),
 the batch and the rollout KV cache are counted exactly from `jax.eval_shape` and the shardings the
-step uses (largest shard per device). Activations come from each compiled step's
+step uses (largest shard per device). With LoRA adapters (`lora.rank` > 0) the state is the one the
+stages build (`lora.TrainState`): parameters and optimizer state are the adapters' and fresh heads'
+only, and the frozen base is counted once among the frozen weights (PPO: with the reference's SFT
+adapters on that same base, and the reward model). Activations come from each compiled step's
 `memory_analysis()` when this machine has as many devices as the mesh (on a CPU-only machine the CLI
 simulates them, so the numbers are those of XLA:CPU's buffer assignment, which fuses less than
 TPU/GPU and so tends to overstate them), and from an analytic estimate otherwise. The steps are
@@ -24,7 +27,6 @@ import math
 import sys
 from typing import Any, Sequence
 
-from flax.training import train_state
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -82,7 +84,8 @@ def stage_setup(config: Any, stage: str, vocab_size: int | None = None) -> Stage
   b = int(section.batch_size)
   micro = int(section.get("microbatches", 1))
   tx = loop_lib.make_optimizer(section, _section_steps(section))
-  create = lambda p: train_state.TrainState.create(apply_fn=None, params=p, tx=tx)
+  # With adapters (`lora.rank`) only the adapters and fresh heads train: the base sits in `state.frozen`.
+  create = lambda p: loop_lib.new_state(p, tx, adapters=bool(cfg.lora_rank))
   batch = {"tokens": tokens(b, length), "attention_mask": tokens(b, length)}
   if stage == "sft":
     batch["loss_mask"] = tokens(b, length)
@@ -121,6 +124,18 @@ def ppo_step(config: Any, mesh: Any, vocab_size: int | None = None):
 def count_params(cfg: models.ModelConfig) -> int:
   shapes, _ = parallel.abstract_params(cfg)
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)))
+
+
+def tree_size(tree: Any) -> int:
+  """Number of parameters (elements) in a tree of (abstract) arrays."""
+  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def _frozen_base_bytes(abstract_state: Any, shardings: Any) -> int:
+  """Per-device bytes of a train state's frozen base weights (`lora.TrainState.frozen`; 0 without adapters)."""
+  if getattr(abstract_state, "frozen", None) is None:
+    return 0
+  return parallel.shard_bytes(abstract_state.frozen, shardings.frozen)
 
 
 def kv_cache_bytes(cfg: models.ModelConfig, batch: int, max_len: int, mesh: Any,
@@ -181,7 +196,10 @@ class LoweredStage:
   rules: tuple
   abstract_state: Any
   state_shardings: Any
-  frozen_bytes: int  # per device: models held but not trained (PPO reference, reward model)
+  # Per device: weights held but not trained: the frozen base under adapters (once), the PPO reference
+  # (the SFT adapters on that base, or a whole copy without adapters) and reward model
+  # (`details["frozen_parts"]` has each).
+  frozen_bytes: int
   kv_cache_bytes: int  # per device: the rollout's KV cache (inside the rollout's activations)
   programs: dict  # name -> Program, in the order a step runs them
   platform: str
@@ -220,9 +238,14 @@ def lower_stage(config: Any, mesh_sizes: dict[str, int], *, stage: str = "sft",
     vocab = cfg.vocab_size // tensor if cfg.vocab_size % tensor == 0 else cfg.vocab_size
     # Sampling holds the KV cache; scoring the float32 logits of policy and reference, a chunk at a time.
     rollout = kv + 2 * max(local * chunk // rows, 1) * width * vocab * 4
-    frozen = parallel.shard_bytes(step.abstract_ref, step.ref_shardings)
+    # Held but not trained: with adapters the policy's base (once, under policy, critic and reference)
+    # and the SFT adapters the reference adds to it; without, a whole copy of the SFT policy. Plus the
+    # reward model scoring inside the rollout.
+    base = _frozen_base_bytes(step.abstract_state, step.state_shardings)
+    frozen_parts = {"base": base} if base else {}
+    frozen_parts["reference"] = parallel.shard_bytes(step.abstract_ref, step.ref_shardings)
     if step.scorer is not None:
-      frozen += parallel.shard_bytes(step.abstract_scorer, step.scorer_shardings)
+      frozen_parts["reward_model"] = parallel.shard_bytes(step.abstract_scorer, step.scorer_shardings)
     estimates = {"rollout+update": max(update, rollout), "rollout": rollout, "update": update}
     lowered = step.lower(platform)
     programs = {name: Program(lowered[name], parallel.shard_bytes(args[1], jax.tree.map(
@@ -231,9 +254,9 @@ def lower_stage(config: Any, mesh_sizes: dict[str, int], *, stage: str = "sft",
     details = {"critic": config.ppo.critic, "grader": config.reward.grader,
                "reward_on_device": step.scorer is not None, "rows": rows, "length": width,
                "batch_key": "ppo.prompts_per_iteration", "score_chunk_rows": int(p.score_chunk_rows),
-               "trained_params": sum(count_params(m) for m in trained)}
-    return LoweredStage(stage, cfg, mesh, rules, step.abstract_state, step.state_shardings, frozen, kv,
-                        programs, platform, details)
+               "trained_params": tree_size(step.abstract_state.params), "frozen_parts": frozen_parts}
+    return LoweredStage(stage, cfg, mesh, rules, step.abstract_state, step.state_shardings,
+                        sum(frozen_parts.values()), kv, programs, platform, details)
 
   rules = parallel.rules_from_config(config)
   setup = stage_setup(config, stage, vocab_size)
@@ -255,9 +278,11 @@ def lower_stage(config: Any, mesh_sizes: dict[str, int], *, stage: str = "sft",
   # Gradients live alongside the activations (sharded like the parameters, in their dtype).
   estimate = (estimate_activation_bytes(setup.model_config, max(local, 1), setup.length, tensor)
               + parallel.shard_bytes(abstract_state.params, ssh.params))
+  frozen = _frozen_base_bytes(abstract_state, ssh)
   details = {"rows": setup.rows, "length": setup.length, "batch_key": setup.batch_key,
-             "microbatches": setup.microbatches}
-  return LoweredStage(stage, setup.model_config, mesh, rules, abstract_state, ssh, 0, 0,
+             "microbatches": setup.microbatches, "trained_params": tree_size(abstract_state.params),
+             "frozen_parts": {"base": frozen} if frozen else {}}
+  return LoweredStage(stage, setup.model_config, mesh, rules, abstract_state, ssh, frozen, 0,
                       {"step": Program(lowered, parallel.shard_bytes(setup.batch, bsh), estimate)},
                       platform, details)
 
@@ -311,6 +336,12 @@ def summarize(config: Any, low: LoweredStage, *, compile_step: bool = False) -> 
       "frozen_bytes": low.frozen_bytes,
       "kv_cache_bytes": low.kv_cache_bytes,
   }
+  if cfg.lora_rank:
+    # Global counts: what the optimizer sees (adapters, fresh heads) and the base held once beside it.
+    out["lora"] = {"rank": int(cfg.lora_rank), "alpha": float(cfg.lora_alpha),
+                   "targets": ",".join(cfg.lora_targets),
+                   "trainable_params": tree_size(low.abstract_state.params),
+                   "frozen_params": tree_size(low.abstract_state.frozen)}
   resident = out["params_bytes"] + out["optimizer_bytes"] + out["frozen_bytes"]
   devices = tuple(jax.devices()[:n]) if compile_step else None
   programs = {}
@@ -364,11 +395,16 @@ def _size(x: float) -> str:
   return f"{x:8.0f} B  "
 
 
+def _count(n: int) -> str:
+  if n >= 1e9:
+    return f"{n / 1e9:.2f}B"
+  return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
 def format_plan(result: dict, accelerators: Sequence[str] = tuple(ACCELERATORS)) -> str:
   """Human-readable plan (what the CLI prints)."""
   m, mesh = result["model"], result["mesh"]
-  count = m["params"]
-  count_text = f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.2f}M"
+  count_text = _count(m["params"])
   lines = [
       f"stage {result['stage']} on mesh data={mesh['data']} fsdp={mesh['fsdp']} "
       f"tensor={mesh['tensor']} ({result['devices']} devices), lowered for {result['lowered_for']}",
@@ -376,6 +412,11 @@ def format_plan(result: dict, accelerators: Sequence[str] = tuple(ACCELERATORS))
       f"{m['hidden_size']}, vocab {m['vocab_size']}; compute {m['dtype']}, parameters "
       f"{m['param_dtype']}, remat {m['remat']}",
   ]
+  if "lora" in result:
+    a = result["lora"]
+    lines.append(f"lora: rank {a['rank']}, alpha {a['alpha']:g}, targets {a['targets']}: "
+                 f"{_count(a['trainable_params'])} trainable parameters (adapters, fresh heads) on a frozen "
+                 f"base of {_count(a['frozen_params'])}, held once; the optimizer state covers the adapters only")
   if result["stage"] == "ppo":
     where = "in the compiled rollout" if result["reward_on_device"] else "on the host, between sampler and update"
     lines.append(f"ppo: critic {result['critic']}, reward.grader {result['grader']} ({where}), "
@@ -386,7 +427,14 @@ def format_plan(result: dict, accelerators: Sequence[str] = tuple(ACCELERATORS))
       f"  parameters                {_size(result['params_bytes'])}",
       f"  optimizer state           {_size(result['optimizer_bytes'])}",
   ]
-  if result["frozen_bytes"]:
+  parts = result.get("frozen_parts") or {}
+  if "base" in parts:  # adapters on a frozen base: the base once, then what else is held frozen
+    lines.append(f"  frozen base (once)        {_size(parts['base'])}")
+    if "reference" in parts:
+      lines.append(f"  reference (SFT adapters)  {_size(parts['reference'])}")
+    if "reward_model" in parts:
+      lines.append(f"  reward model              {_size(parts['reward_model'])}")
+  elif result["frozen_bytes"]:
     lines.append(f"  frozen models (ref, RM)   {_size(result['frozen_bytes'])}")
   if result["kv_cache_bytes"]:
     lines.append(f"  KV cache (rollout)        {_size(result['kv_cache_bytes'])}  (part of the rollout's activations)")

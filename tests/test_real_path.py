@@ -171,6 +171,50 @@ def test_export_loads_in_transformers_with_the_same_logits(judge_run, tmp_path):
   assert ours.token_to_id("<|im_end|>") in np.atleast_1d(generation["eos_token_id"])
 
 
+@pytest.fixture(scope="module")
+def lora_run(files):
+  """The same command with `--config.lora.rank=8`: every stage trains adapters on the frozen base."""
+  workdir = files["root"] / "run_lora"
+  proc = _run_cli(["safecomp.train", "--config", QWEN_CONFIG, "--workdir", str(workdir),
+                   *overrides(files, **{"lora.rank": 8, "lora.alpha": 16})], REPO_ROOT)
+  return workdir, proc.stdout
+
+
+def test_lora_adapter_exported_for_peft_gives_the_merged_models_logits(lora_run, files, tmp_path):
+  import peft  # pylint: disable=import-outside-toplevel
+  from safecomp import tokenizers  # pylint: disable=import-outside-toplevel
+  workdir, out = lora_run
+  assert all(f"[{stage}] done" in out for stage in ("sft", "rm", "ppo", "eval"))
+  assert [r["prompt_id"] for r in _completions(workdir, "ppo")] == [u for u, *_ in EVAL]
+  adapter, merged = tmp_path / "adapter", tmp_path / "merged"
+  for target, extra in ((adapter, ["--adapter-only"]), (merged, [])):
+    _run_cli(["safecomp.export", "--workdir", str(workdir), "--stage", "ppo", "--out", str(target), *extra], REPO_ROOT)
+  assert {"adapter_config.json", "adapter_model.safetensors"} <= {f.name for f in adapter.iterdir()}
+  assert not (adapter / "model.safetensors").exists()
+  config = json.loads((adapter / "adapter_config.json").read_text())
+  assert config["r"] == 8 and config["lora_alpha"] == 16 and config["peft_type"] == "LORA"
+
+  tok = tokenizers.load_tokenizer(merged)
+  ids = torch.tensor([tokenizers.encode_prompt(tok, [{"role": "user", "content": "How do lock picks work?"}],
+                                               "qwen2")], dtype=torch.long)
+  base = transformers.AutoModelForCausalLM.from_pretrained(str(files["policy"]), dtype=torch.float32).eval()
+  with torch.no_grad():
+    base_logits = base(ids).logits.numpy()
+    with_adapter = peft.PeftModel.from_pretrained(base, str(adapter)).eval()(ids).logits.numpy()
+    merged_logits = transformers.AutoModelForCausalLM.from_pretrained(
+        str(merged), dtype=torch.float32).eval()(ids).logits.numpy()
+  np.testing.assert_allclose(with_adapter, merged_logits, atol=1e-4, rtol=0)
+  assert np.max(np.abs(with_adapter - base_logits)) > 1e-4  # the adapters trained
+
+  # The adapter imported back (`lora.init_from`) starts a run's adapters: the same logits in safecomp.
+  run_config = config_lib.config_from_json(workdir / "config.json")
+  run_config.lora.init_from = str(adapter)
+  p = pipeline.Pipeline(run_config, tmp_path / "imported")
+  model, params = p.init_model(("lm",), seed_offset=1)
+  np.testing.assert_allclose(np.asarray(models.logits(model, params, ids.numpy().astype(np.int32))),
+                             merged_logits, atol=1e-4, rtol=0)
+
+
 def test_llama_with_an_http_judge_on_a_local_server(files, tmp_path):
   """Llama family, the refusal baseline's reward; the reward model's labels, PPO's reward (intent label and
   the verdict's mode) and the eval all from an HTTP judge."""

@@ -121,6 +121,18 @@ def validate(config: ml_collections.ConfigDict):
           "ppo.vf_clip", f"must be a number > 0, or None for an unclipped value loss; got {vf_clip!r}")
   # Each section becomes its dataclass here too, so a bad field fails now, named by its key.
   ppo_stage.ppo_config(config, eos_id=0)
+  if config.get("lora") is not None:  # runs recorded before adapters existed have no lora section
+    try:  # rank, alpha and targets are checked where the section becomes the model's config
+      models.ModelConfig(lora_rank=int(config.lora.rank), lora_alpha=float(config.lora.alpha),
+                         lora_targets=models.parse_lora_targets(config.lora.targets))
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"config key 'lora': {e}") from None
+    if config.lora.init_from:
+      require(bool(config.lora.rank) and bool(config.model.init_from), "lora.init_from",
+              "a PEFT adapter starts the adapters of a pretrained model: set lora.rank (and its alpha and "
+              "targets, as the adapter has them) and model.init_from (the base it was trained on)")
+      require((pathlib.Path(config.lora.init_from) / "adapter_config.json").is_file(), "lora.init_from",
+              f"{config.lora.init_from} has no adapter_config.json (a PEFT LoRA adapter directory)")
   testbed.world_from_config(config)
   testbed.oracle_config_from(config)
   parallel.rules_from_config(config)
@@ -234,17 +246,38 @@ class Pipeline:
     return models.model_config_from(self.config, heads, vocab_size=tok.vocab_size, pad_token_id=tok.pad_id,
                                     bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
 
+  @property
+  def adapters(self) -> bool:
+    """Whether every stage trains low-rank adapters on a frozen base (`lora.rank` > 0)."""
+    return bool(self.config.get("lora", {}).get("rank", 0))
+
   def init_model(self, heads: tuple[str, ...], seed_offset: int) -> tuple[Any, Any]:
-    """(model, params): from `model.init_from` when set, else freshly initialised (seeded)."""
+    """(model, params): from `model.init_from` when set, else freshly initialised (seeded). With
+    `lora.init_from`, the adapters start as that PEFT adapter's."""
     if self.config.model.init_from:
       m = self.config.model
-      a = self.config.lora
-      return models.load_pretrained(m.init_from, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
-                                    heads=heads, tokenizer=self.tokenizer, seed=self.config.seed + seed_offset,
-                                    lora_rank=a.rank, lora_alpha=a.alpha, lora_targets=models.parse_lora_targets(a.targets))
+      cfg = self.model_config(heads)
+      model, params = models.load_pretrained(
+          m.init_from, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, heads=heads,
+          tokenizer=self.tokenizer, seed=self.config.seed + seed_offset, lora_rank=cfg.lora_rank,
+          lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets)
+      if self.adapters and self.config.lora.init_from:
+        params = lora.combine(params, self.imported_adapters(model.config))
+      return model, params
     cfg = self.model_config(heads)
     params = models.init_params(cfg, jax.random.key(self.config.seed * 1000 + seed_offset))
     return models.Transformer(cfg), params
+
+  def imported_adapters(self, model_config: models.ModelConfig) -> Any:
+    """The PEFT adapter of `lora.init_from` in this run's layout; its rank, alpha and targets must be the
+    run's (`lora.rank`, `lora.alpha`, `lora.targets`)."""
+    path = self.config.lora.init_from
+    adapters, fields = models.load_adapter(path, model_config)
+    for key, field in (("rank", "lora_rank"), ("alpha", "lora_alpha"), ("targets", "lora_targets")):
+      ours, theirs = getattr(model_config, field), fields[field]
+      same = set(ours) == set(theirs) if key == "targets" else float(ours) == float(theirs)
+      config_lib.require(same, f"lora.{key}", f"is {ours!r} but the adapter in {path} has {theirs!r}")
+    return adapters
 
   # -- devices -------------------------------------------------------------------------------------
   @functools.cached_property
@@ -298,7 +331,7 @@ class Pipeline:
     `params_like`'s, the stage's starting point.
     """
     tx = loop_lib.make_optimizer(self.config[section], self.config[section].steps)
-    adapters = bool(self.config.lora.rank)
+    adapters = self.adapters
     abstract = jax.eval_shape(lambda: loop_lib.checkpoint_tree(loop_lib.new_state(params_like, tx, adapters)))
     trained = self.final_params(stage, abstract)["params"]
     return lora.combine(lora.split(params_like)[0], trained) if adapters else trained
