@@ -81,6 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.lora.alpha = 16.0
   c.lora.targets = "q,k,v,o,gate,up,down"
   c.lora.init_from = ""  # a PEFT LoRA adapter directory to start the adapters from (model.init_from = its base)
+  c.lora.base_quantization = "none"  # none | int8 | nf4: store the frozen base's layer kernels quantised (QLoRA)
   c.chat_template = "testbed"  # llama2 | llama3 | mistral | qwen2 | gemma | testbed (see safecomp.tokenizers)
   c.pad_multiple = 16  # SFT/RM batches are cut to their longest row, rounded up to this
   c.max_seq_len = 160  # prompts <= 59 tokens, teacher turns (reasoning + answer) <= 85

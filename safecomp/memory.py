@@ -94,7 +94,7 @@ def stage_setup(config: Any, stage: str, vocab_size: int | None = None) -> Stage
     batch["severity"] = jax.ShapeDtypeStruct((b,), jnp.int32)
     batch["helpfulness"] = jax.ShapeDtypeStruct((b,), jnp.float32)
     weights = {"severity": section.severity_weight, "helpfulness": section.helpfulness_weight}
-    step_fn = rm_lib.make_rm_step(model, weights, section.helpfulness_loss)
+    step_fn = rm_lib.rm_step_fn(model, weights, section.helpfulness_loss, microbatches=micro)
   return StageSetup(stage, cfg, create, step_fn, batch, micro, b, length, f"{stage}.batch_size")
 
 

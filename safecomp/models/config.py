@@ -25,6 +25,7 @@ REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_save
                   "everything_saveable")
 DTYPES = ("float32", "bfloat16", "float16")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # projections an adapter can target
+BASE_QUANTIZATIONS = ("none", "int8", "nf4")  # storage of a frozen base (see safecomp.models.quantize)
 
 _ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -95,6 +96,8 @@ class ModelConfig:
   lora_rank: int = 0
   lora_alpha: float = 16.0
   lora_targets: tuple = ("q", "k", "v", "o", "gate", "up", "down")
+  # How the frozen base's layer kernels are stored under adapters (`safecomp.models.quantize`): QLoRA.
+  base_quantization: str = "none"
 
   def __post_init__(self):
     object.__setattr__(self, "heads", tuple(self.heads))
@@ -129,6 +132,11 @@ class ModelConfig:
       if unknown or not self.lora_targets or len(set(self.lora_targets)) != len(self.lora_targets):
         raise ConfigError(f"lora.targets={self.lora_targets!r}: give each of {LORA_TARGETS} at most "
                           "once (at least one)")
+    if self.base_quantization not in BASE_QUANTIZATIONS:
+      raise ConfigError(f"lora.base_quantization={self.base_quantization!r} is not one of {BASE_QUANTIZATIONS}")
+    if self.base_quantization != "none" and not self.lora_rank:
+      raise ConfigError(f"lora.base_quantization={self.base_quantization!r} stores the frozen base of an "
+                        "adapter run: set lora.rank > 0 (without adapters every weight trains)")
     if self.num_heads % self.num_kv_heads:
       raise ConfigError(f"model.num_heads={self.num_heads} is not a multiple of "
                         f"model.num_kv_heads={self.num_kv_heads}")
@@ -384,7 +392,8 @@ def model_config_from(config: Any, heads: tuple[str, ...] = ("lm",), *, vocab_si
   adapters = config.get("lora")
   if adapters is not None:  # the `lora` section: adapters on every stage's model (rank 0: none)
     numerics.update(lora_rank=int(adapters.rank), lora_alpha=float(adapters.alpha),
-                    lora_targets=parse_lora_targets(adapters.targets))
+                    lora_targets=parse_lora_targets(adapters.targets),
+                    base_quantization=adapters.get("base_quantization", "none"))
   init_from = m.get("init_from", "")
   if init_from and (pathlib.Path(init_from) / "config.json").is_file():
     hf = json.loads((pathlib.Path(init_from) / "config.json").read_text())

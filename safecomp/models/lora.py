@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import struct, traverse_util
 from flax.training import train_state
 
+from safecomp.models import quantize
 from safecomp.models.config import LORA_TARGETS, ModelConfig
 
 Array = jax.Array
@@ -160,14 +161,16 @@ def model_params(state: Any, trainable: Any) -> Any:
 
 
 def create_state(params: Any, tx, *, adapters: bool, split_fn: Callable = None, join_fn: Callable = None,
-                 **fields) -> TrainState:
+                 quantization: str = "none", **fields) -> TrainState:
   """A fresh `TrainState` (a subclass's with `fields`, see `state_class`): with `adapters`, `params` is cut
-  by `split_fn` (default `split`) and only its trainable half gets an optimizer state."""
+  by `split_fn` (default `split`), only its trainable half gets an optimizer state, and the frozen half's
+  layer kernels are stored as `quantization` says (`quantize.quantize_tree`; QLoRA)."""
   cls = fields.pop("state_class", TrainState)
   if not adapters:
     return cls.create(apply_fn=None, params=params, tx=tx, **fields)
   frozen, trainable = (split_fn or split)(params)
-  return cls.create(apply_fn=None, params=trainable, tx=tx, frozen=frozen, join=join_fn or combine, **fields)
+  return cls.create(apply_fn=None, params=trainable, tx=tx, frozen=quantize.quantize_tree(frozen, quantization),
+                    join=join_fn or combine, **fields)
 
 
 def count(params: Mapping) -> tuple[int, int]:

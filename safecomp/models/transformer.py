@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from safecomp.errors import ConfigError
-from safecomp.models import layers
+from safecomp.models import layers, quantize
 from safecomp.models.config import ModelConfig
 
 Array = jax.Array
@@ -85,6 +85,9 @@ class Transformer(nn.Module):
         cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
         embedding_init=layers.dense_init(cfg, ("vocab", "embed")))
     block = layers.DecoderBlock
+    if cfg.base_quantization != "none":  # QLoRA: each layer's kernels dequantised inside the scan
+      block = nn.map_variables(block, "params", init=True, trans_in_fn=functools.partial(
+          quantize.dequantize_tree, dtype=cfg.params_dtype))
     if cfg.remat != "none":
       block = nn.remat(block, policy=_remat_policy(cfg.remat), prevent_cse=False)
     self.layers = nn.scan(

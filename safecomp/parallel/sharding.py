@@ -22,7 +22,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from safecomp import models
-from safecomp.models import lora
+from safecomp.models import lora, quantize
 from safecomp.parallel.mesh import DEFAULT_RULES, AnyMesh, mesh_sizes
 
 Rules = Sequence[tuple[str, Any]]
@@ -113,7 +113,7 @@ def state_shardings(abstract_state: Any, params_shardings: Any, mesh: AnyMesh, s
   out = jax.tree.map(lambda _: rep, abstract_state)
   if getattr(abstract_state, "frozen", None) is not None:
     frozen_shardings, params_shardings = (split_fn or lora.split)(params_shardings)
-    out = out.replace(frozen=frozen_shardings)
+    out = out.replace(frozen=quantize.match_shardings(frozen_shardings, abstract_state.frozen))
   opt = optax.tree_map_params(
       abstract_state.tx, lambda _, sharding: sharding, abstract_state.opt_state, params_shardings,
       transform_non_params=lambda _: rep,

@@ -135,14 +135,16 @@ class RLTrainState(lora.TrainState):
 
 def create_rl_state(
     params: Any, tx: optax.GradientTransformation, config: PPOConfig, *, adapters: bool = False,
-    split_fn: Callable | None = None, join_fn: Callable | None = None) -> RLTrainState:
+    split_fn: Callable | None = None, join_fn: Callable | None = None, quantization: str = "none") -> RLTrainState:
   """A fresh RLTrainState with the config's initial KL coefficient and empty score statistics.
 
   With `adapters`, `params` (the model's whole tree) is cut by `split_fn` into the frozen base and the
-  trainable part (adapters, value head); `join_fn` puts them back together (`lora.create_state`).
+  trainable part (adapters, value head); `join_fn` puts them back together, and the base is stored as
+  `quantization` says (`lora.create_state`).
   """
   state = lora.create_state(
-      params, tx, adapters=adapters, split_fn=split_fn, join_fn=join_fn, state_class=RLTrainState,
+      params, tx, adapters=adapters, split_fn=split_fn, join_fn=join_fn, quantization=quantization,
+      state_class=RLTrainState,
       kl_coef=jnp.asarray(config.kl_coef, jnp.float32), score_moments=adv_lib.init_running_moments())
   # An int32 array step (not Python 0) keeps the jitted update from recompiling after step 0.
   return state.replace(step=jnp.zeros((), jnp.int32))

@@ -101,10 +101,11 @@ def _strongly_typed(tree: Any, like: Any) -> Any:
   return jax.tree.map(convert, tree, like)
 
 
-def new_state(params: Any, tx: optax.GradientTransformation, adapters: bool = False) -> lora.TrainState:
+def new_state(params: Any, tx: optax.GradientTransformation, adapters: bool = False,
+              quantization: str = "none") -> lora.TrainState:
   """A fresh TrainState of a supervised stage; with `adapters` (a LoRA model) only the adapters and
-  fresh heads train and the base stays frozen (`lora.TrainState`)."""
-  return lora.create_state(params, tx, adapters=adapters)
+  fresh heads train and the base stays frozen (`lora.TrainState`), stored as `quantization` says."""
+  return lora.create_state(params, tx, adapters=adapters, quantization=quantization)
 
 
 def checkpoint_tree(state: train_state.TrainState) -> dict:

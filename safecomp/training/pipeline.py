@@ -124,7 +124,8 @@ def validate(config: ml_collections.ConfigDict):
   if config.get("lora") is not None:  # runs recorded before adapters existed have no lora section
     try:  # rank, alpha and targets are checked where the section becomes the model's config
       models.ModelConfig(lora_rank=int(config.lora.rank), lora_alpha=float(config.lora.alpha),
-                         lora_targets=models.parse_lora_targets(config.lora.targets))
+                         lora_targets=models.parse_lora_targets(config.lora.targets),
+                         base_quantization=config.lora.get("base_quantization", "none"))
     except (TypeError, ValueError) as e:
       raise ConfigError(f"config key 'lora': {e}") from None
     if config.lora.init_from:
@@ -294,9 +295,9 @@ class Pipeline:
     rules = parallel.rules_from_config(self.config)
     parallel.check_batch_size(global_batch, self.mesh, batch_key, rules)
     param_sh = parallel.param_shardings(model.config, self.mesh, rules)
-    adapters = bool(model.config.lora_rank)
-    state, state_sh = parallel.init_sharded_state(lambda q: loop_lib.new_state(q, tx, adapters), params,
-                                                  param_sh, self.mesh)
+    adapters, quantization = bool(model.config.lora_rank), model.config.base_quantization
+    state, state_sh = parallel.init_sharded_state(lambda q: loop_lib.new_state(q, tx, adapters, quantization),
+                                                  params, param_sh, self.mesh)
     batch_sh = parallel.batch_shardings(example_batch, self.mesh, rules)
     step = parallel.shard_step(step_fn, self.mesh, rules, state_sh, batch_sh, global_batch=global_batch)
     return state, step, parallel.host_rows(batch_sh["tokens"], global_batch)
@@ -328,13 +329,18 @@ class Pipeline:
     """The parameters of a completed SFT/RM stage (restored into the shapes of `params_like`).
 
     With adapters (`lora.rank`) the checkpoint holds the trainable part only; the frozen base is
-    `params_like`'s, the stage's starting point.
+    `params_like`'s, the stage's starting point, as the stage stored it (`lora.base_quantization`: the
+    dequantised weights the adapters were trained against).
     """
     tx = loop_lib.make_optimizer(self.config[section], self.config[section].steps)
     adapters = self.adapters
     abstract = jax.eval_shape(lambda: loop_lib.checkpoint_tree(loop_lib.new_state(params_like, tx, adapters)))
     trained = self.final_params(stage, abstract)["params"]
-    return lora.combine(lora.split(params_like)[0], trained) if adapters else trained
+    if not adapters:
+      return trained
+    kind = self.config.lora.get("base_quantization", "none")
+    base = lora.split(params_like)[0]
+    return lora.combine(models.quantize.stored_like_training(base, kind, jax.tree.leaves(base)[0].dtype), trained)
 
   def sft_policy(self) -> tuple[Any, Any]:
     """(model, params) of the finished SFT stage; an error naming the stage when there is none."""

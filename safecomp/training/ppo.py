@@ -102,7 +102,7 @@ def initial_state(p, policy_params, tx=None) -> ppo_lib.RLTrainState:
     tx = ppo_optimizer(c)
   actor = abstract_actor_critic(c, p.tokenizer.vocab_size)
   return ppo_lib.create_rl_state(policy_params, tx, ppo_config(c, p.stop_ids), adapters=actor.adapters,
-                                 split_fn=actor.split, join_fn=actor.join)
+                                 split_fn=actor.split, join_fn=actor.join, quantization=actor.base_quantization)
 
 
 def ppo_optimizer(c):
@@ -271,8 +271,8 @@ def build_ppo_step(c, actor: rollout_lib.ActorCritic, scorer: Any, mesh, *, stop
   cfg = ppo_config(c, stop_ids)
   roll_cfg = rollout_config(c, stop_ids, pad_id)
   tx = ppo_optimizer(c)  # one optimizer object: the state's tree structure must not change
-  create = lambda params: ppo_lib.create_rl_state(params, tx, cfg, adapters=actor.adapters,
-                                                   split_fn=actor.split, join_fn=actor.join)
+  create = lambda params: ppo_lib.create_rl_state(params, tx, cfg, adapters=actor.adapters, split_fn=actor.split,
+                                                   join_fn=actor.join, quantization=actor.base_quantization)
   update = functools.partial(ppo_lib.ppo_update, forward_fn=actor.forward, config=cfg)
 
   param_sh = actor_shardings(actor, mesh, rules)

@@ -80,6 +80,11 @@ class ActorCritic:
     """Whether the models carry LoRA adapters (`lora.rank` > 0): the base weights are then frozen."""
     return bool(self.policy_model.config.lora_rank)
 
+  @property
+  def base_quantization(self) -> str:
+    """How the frozen base is stored (`lora.base_quantization`)."""
+    return self.policy_model.config.base_quantization
+
   def split(self, params) -> tuple[Any, Any]:
     """(frozen, trainable) of an actor-critic tree with adapters: the policy's base weights, held once
     (a separate critic runs on the same base without the LM head), and every adapter and value head."""
