@@ -35,7 +35,7 @@ from safecomp import config as config_lib
 from safecomp import models
 # pylint: enable=wrong-import-position
 
-SECTIONS = ("sft", "generate", "ppo", "scaling", "packing")
+SECTIONS = ("sft", "generate", "ppo", "scaling", "packing", "lora")
 DEMO_CONFIG = ROOT / "configs" / "demo.py"
 
 
@@ -268,6 +268,32 @@ def section_packing(sizes: Sizes, out: list, data: dict) -> None:
   out.append("")
 
 
+def section_lora(sizes: Sizes, out: list, data: dict) -> None:
+  name, cfg, batch, seq_len = sizes.sft[-1]
+  variants = [cfg, cfg.replace(lora_rank=16, lora_alpha=32.0),
+              cfg.replace(lora_rank=16, lora_alpha=32.0, param_dtype="bfloat16"),
+              cfg.replace(lora_rank=16, lora_alpha=32.0, base_quantization="int8"),
+              cfg.replace(lora_rank=16, lora_alpha=32.0, base_quantization="nf4")]
+  results = []
+  for variant in variants:
+    log(f"lora: {name} model, rank {variant.lora_rank}, base {variant.param_dtype} / {variant.base_quantization}")
+    results.append(sft_lib.sft_step(name, variant, batch, seq_len, sizes.min_reps, sizes.max_reps, sizes.target_s))
+  data["raw"]["lora"] = results
+  data["lora"] = [{"lora_rank": r.config.lora_rank, "param_dtype": r.config.param_dtype,
+                   "base_quantization": r.config.base_quantization, "step_s": r.timing.median,
+                   "step_vs_full": r.timing.median / results[0].timing.median, "xla_bytes": r.xla_bytes,
+                   **{f"{k}_bytes": v for k, v in r.state_bytes.items()}} for r in results]
+  out.append("## Adapters: an SFT step with LoRA and QLoRA against full fine-tuning\n")
+  out.append(f"{name.capitalize()} config ({common.describe(cfg)}), batch {batch} x {seq_len}, AdamW, float32 "
+             "compute; adapters on every projection (q, k, v, o, gate, up, down), alpha 32.\n")
+  out.append(sft_lib.adapter_table(results))
+  out.append("")
+  out.append("held between steps = trained parameters + optimizer state + frozen base (what stays in memory "
+             "from one step to the next; the embedding and LM head stay in `param_dtype` under int8/NF4). "
+             "XLA memory = the compiled step's arguments + outputs + temporaries − donated buffers.")
+  out.append("")
+
+
 def section_scaling(sizes: Sizes, out: list, data: dict) -> None:
   log(f"scaling: seq {sizes.scaling_seq_lens} x batch {sizes.scaling_batches}")
   cells = sft_lib.scaling(sizes.scaling_config, sizes.scaling_seq_lens, sizes.scaling_batches,
@@ -355,6 +381,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
       section_scaling(sizes, out, data)
     elif section == "packing":
       section_packing(sizes, out, data)
+    elif section == "lora":
+      section_lora(sizes, out, data)
     load_rows.append((section, common.fmt_s(time.perf_counter() - t0), before,
                       common.load_average()))
   out.append("## Run\n")

@@ -54,6 +54,7 @@ class SFTResult:
   compile_s: float
   timing: common.Timing
   xla_bytes: Optional[int]
+  state_bytes: Optional[dict] = None  # {"trained", "optimizer", "frozen"}: bytes held between steps
 
   @property
   def tokens_per_s(self) -> float:
@@ -84,13 +85,15 @@ def optimizer_section() -> ml_collections.ConfigDict:
 
 def sft_step(name: str, config: models.ModelConfig, batch: int, seq_len: int, min_reps: int = 3,
              max_reps: int = 10, target_s: float = 5.0) -> SFTResult:
-  """Times `make_sft_step(model)` (AdamW, guarded update) on one fixed batch."""
+  """Times `make_sft_step(model)` (AdamW, guarded update) on one fixed batch; with adapters in `config`
+  (`lora_rank`) the state is `loop_lib.new_state(..., adapters=True)`: the base frozen (and stored as
+  `base_quantization` says), only the adapters trained."""
   key = (config, batch, seq_len, tuple(sorted(common.current_compiler_options().items())))
   cached = _COMPILED.get(key)
   model = cached["model"] if cached else models.Transformer(config)
   tx = cached["tx"] if cached else loop_lib.make_optimizer(optimizer_section(), 1000)
   params = models.init_params(config, jax.random.key(0))
-  state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  state = loop_lib.new_state(params, tx, adapters=bool(config.lora_rank), quantization=config.base_quantization)
   # An int32 array step (not Python 0) keeps the compiled signature fixed across steps.
   state = state.replace(step=jnp.zeros((), jnp.int32))
   data = sft_batch(config, batch, seq_len)
@@ -109,9 +112,36 @@ def sft_step(name: str, config: models.ModelConfig, batch: int, seq_len: int, mi
 
   timing = common.measure_adaptive(call, min_reps, max_reps, target_s)
   return SFTResult(name=name, config=config, batch=batch, seq_len=seq_len,
-                   n_params=common.total_params(params),
+                   n_params=common.total_params(params), state_bytes=state_bytes(state),
                    flops_per_step=common.train_flops(config, batch, seq_len), compile_s=compile_s,
                    timing=timing, xla_bytes=common.xla_bytes(compiled))
+
+
+def state_bytes(state) -> dict:
+  """Bytes a training state holds between steps: trained parameters, optimizer state, frozen base."""
+  size = lambda tree: int(sum(x.nbytes for x in jax.tree.leaves(tree)))
+  return {"trained": size(state.params), "optimizer": size(state.opt_state),
+          "frozen": size(getattr(state, "frozen", None))}
+
+
+def adapter_table(results: Sequence[SFTResult]) -> str:
+  """Full fine-tuning against adapters on the same model and batch, as ratios to the first row."""
+  first = results[0]
+  rows = []
+  for r in results:
+    b = r.state_bytes
+    held = b["trained"] + b["optimizer"] + b["frozen"]
+    first_held = sum(first.state_bytes.values())
+    cfg = r.config
+    base = cfg.base_quantization if cfg.base_quantization != "none" else cfg.param_dtype
+    how = "all weights" if not cfg.lora_rank else f"LoRA r={cfg.lora_rank}, {base} base"
+    rows.append((how, f"{b['trained'] // 4:,}", common.fmt_mib(b["trained"]), common.fmt_mib(b["optimizer"]),
+                 common.fmt_mib(b["frozen"]), common.fmt_mib(held), f"{held / first_held:.2f}x",
+                 common.fmt_s(r.timing.median), f"{r.timing.median / first.timing.median:.2f}x",
+                 common.fmt_mib(r.xla_bytes), f"{len(r.timing.times)} ({r.timing.spread:.0%})"))
+  return common.markdown_table(
+      ["trains", "trained params", "trained (float32)", "optimizer state", "frozen base", "held between steps",
+       "held vs first", "step (median)", "step vs first", "XLA memory", "reps (spread)"], rows)
 
 
 def scaling(config: models.ModelConfig, seq_lens: Sequence[int], batches: Sequence[int],

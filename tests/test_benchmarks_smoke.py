@@ -29,6 +29,17 @@ def test_generate_section_compares_with_hugging_face(tmp_path):
   assert [r["batch"] for r in rows] == [2] and rows[0]["speedup_vs_hf"] > 0
   row = next(line for line in report.splitlines() if line.startswith("| 2 | 4 + 3 |"))
   assert "n/a" not in row
+  assert "### Where safecomp's generation time goes" in report
+  assert 0 < rows[0]["share_of_matmul_bound"] and rows[0]["safecomp_prefill_s"] > 0
+
+
+def test_lora_section_compares_adapters_with_full_fine_tuning(tmp_path):
+  report = run.main(["--smoke", "--sections", "lora", "--json", str(tmp_path / "b.json")])
+  assert "## Adapters" in report and "LoRA r=16, nf4 base" in report
+  rows = json.loads((tmp_path / "b.json").read_text())["lora"]
+  assert [r["lora_rank"] for r in rows] == [0, 16, 16, 16, 16] and rows[0]["frozen_bytes"] == 0
+  assert all(r["frozen_bytes"] > 0 and r["optimizer_bytes"] < rows[0]["optimizer_bytes"] for r in rows[1:])
+  assert rows[4]["frozen_bytes"] < rows[3]["frozen_bytes"] < rows[1]["frozen_bytes"]  # nf4 < int8 < float32
 
 
 def test_ppo_section_runs_safecomp_and_the_pytorch_loop(tmp_path):

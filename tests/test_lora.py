@@ -122,7 +122,9 @@ def test_lora_ppo_iteration_leaves_the_base_bit_identical():
   assert set(state.params["critic"]) == {"layers", "value_head"}
   ref = parallel.place(actor.reference_part(policy), step.ref_shardings)  # the SFT adapters only
   assert all(lora.is_adapter(k) for k in traverse_util.flatten_dict(ref))
-  rm = parallel.place(models.init_params(rm_model.config, jax.random.key(2)), step.scorer_shardings)
+  assert step.scorer_shares_base  # the reward model's adapters and heads run on the policy's base
+  rm = parallel.place(step.scorer_part(models.init_params(rm_model.config, jax.random.key(2))), step.scorer_shardings)
+  assert set(rm) == {"layers", "severity_head", "helpfulness_head"}
 
   base = jax.device_get(state.frozen)
   start = jax.device_get(state.params)
@@ -170,6 +172,20 @@ def test_qlora_forward_stays_close_to_full_precision(kind):
   roundtrip = quantize.stored_like_training(frozen, kind, jnp.float32)
   np.testing.assert_allclose(models.forward(cfg, lora.combine(roundtrip, trainable), ids)["logits"], quantized,
                              atol=1e-5)
+
+
+def test_qlora_params_export_merged_with_the_quantised_models_logits(tmp_path):
+  cfg = models.tiny(lora_rank=4, base_quantization="int8")
+  params = randomized_adapters(models.init_params(cfg.replace(base_quantization="none"), jax.random.key(0)))
+  frozen, trainable = lora.split(params)
+  stored = lora.combine(quantize.quantize_tree(frozen, "int8"), trainable)
+  model = models.Transformer(cfg)
+  models.export_pretrained(model, stored, tmp_path)
+  loaded, loaded_params = models.load_pretrained(tmp_path)
+  assert loaded.config.lora_rank == 0 and loaded.config.base_quantization == "none"
+  ids = jnp.asarray([[1, 5, 9, 7, 3]])
+  np.testing.assert_allclose(models.forward(loaded.config, loaded_params, ids)["logits"],
+                             models.forward(cfg, stored, ids)["logits"], atol=1e-5)
 
 
 def test_qlora_sft_step_trains_the_adapters_on_a_quantised_base():

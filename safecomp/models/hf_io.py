@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from safecomp.errors import CheckpointError, ConfigError
-from safecomp.models import lora
+from safecomp.models import lora, quantize
 from safecomp.models.config import LORA_TARGETS, ModelConfig, parse_heads
 from safecomp.models.transformer import Transformer
 
@@ -291,9 +291,10 @@ def export_pretrained(model: Transformer, params: Mapping, path: os.PathLike,
   config = model.config
   if params.keys() == {"params"}:
     params = params["params"]
-  if config.lora_rank:  # the merged model: W + (alpha / rank) A B, a plain checkpoint
+  if config.lora_rank:  # the merged model: W + (alpha / rank) A B on the (dequantised) base, a plain checkpoint
+    params = quantize.dequantize_tree(params, config.params_dtype)
     params = lora.merge(params, config.lora_alpha, config.lora_rank)
-    config = config.replace(lora_rank=0)
+    config = config.replace(lora_rank=0, base_quantization="none")
   out_dtype = dtype or config.param_dtype
   np_dtype = jnp.dtype(out_dtype)
   directory = pathlib.Path(path)

@@ -31,6 +31,7 @@ import numpy as np
 from safecomp import config as config_lib
 from safecomp import graders as graders_lib
 from safecomp import models
+from safecomp.models import lora
 from safecomp import parallel
 from safecomp.constants import INTENT_INDEX, INTENTS, MODES, REFUSAL_MODES
 from safecomp.errors import ConfigError
@@ -183,6 +184,8 @@ def final_policy_params(p) -> Any:
   state = initial_state(p, init)
   trained = p.final_params("ppo", jax.eval_shape(lambda: rl_tree(state)))["params"]
   params = actor.policy_params(state.model_params(trained))
+  # Under QLoRA the base is stored quantised: hand out the weights it stands for, as trained_params does.
+  params = models.quantize.dequantize_tree(params, actor.policy_model.config.params_dtype)
   return {k: v for k, v in params.items() if k != "value_head"}
 
 
@@ -224,6 +227,9 @@ class PPOStep:
   batch_shardings: dict
   update_batch: dict | None  # host grader: ShapeDtypeStructs of the update's batch
   fused: parallel.ShardedStep | None = None
+  # With adapters the reward model in the rollout runs on the policy's frozen base: `scorer_shardings`
+  # and `abstract_scorer` are then its adapters and heads only (`scorer_part`).
+  scorer_shares_base: bool = False
   sample: parallel.ShardedStep | None = None
   update: parallel.ShardedStep | None = None
 
@@ -245,6 +251,10 @@ class PPOStep:
       return {"rollout+update": (self.fused, (state, batch, ref, w(self.abstract_scorer, self.scorer_shardings)))}
     update_batch = w(self.update_batch, parallel.batch_shardings(self.update_batch, self.mesh, self.rules))
     return {"rollout": (self.sample, (state, batch, ref)), "update": (self.update, (state, update_batch))}
+
+  def scorer_part(self, scorer_params: Any) -> Any:
+    """What the step takes of the on-device grader's parameters (all, or its adapters and heads)."""
+    return lora.split(scorer_params)[1] if self.scorer_shares_base else scorer_params
 
   def lower(self, platform: str | None = None) -> dict[str, Any]:
     """{name: jax.stages.Lowered} of every step (`platform` when the mesh is abstract)."""
@@ -293,10 +303,14 @@ def build_ppo_step(c, actor: rollout_lib.ActorCritic, scorer: Any, mesh, *, stop
   if scorer is not None:
     rollout = rollout_lib.make_rollout(actor, scorer, roll_cfg)
     input_keys = tuple(scorer_inputs or ())
+    # A reward model trained with adapters shares the policy's frozen base (one base in the whole step).
+    shares_base = actor.adapters and isinstance(scorer, rollout_lib.RewardModelScorer)
 
     def fused_step(state, batch, ref_params, scorer_params):
       roll_key, update_key = iteration_keys(c, batch["step"])
       inputs = {k: batch[k] for k in input_keys} or None
+      if shares_base:
+        scorer_params = lora.combine(rollout_lib.trunk_base(state.frozen), scorer_params)
       roll = rollout(state.model_params(), actor.reference(state.frozen, ref_params), scorer_params,
                      batch["prompts"], batch["prompt_mask"], batch["intent"], roll_key, inputs)
       new_state, metrics = update(state, roll, rng=update_key)
@@ -307,11 +321,12 @@ def build_ppo_step(c, actor: rollout_lib.ActorCritic, scorer: Any, mesh, *, stop
       return new_state, metrics
 
     scorer_config = scorer.model.config
-    scorer_sh = parallel.param_shardings(scorer_config, mesh, rules)
+    part = (lambda tree: lora.split(tree)[1]) if shares_base else (lambda tree: tree)
+    scorer_sh = part(parallel.param_shardings(scorer_config, mesh, rules))
     fused = parallel.shard_step(fused_step, mesh, rules, state_sh, batch_sh, extra_shardings=(ref_sh, scorer_sh),
                                 global_batch=b)
-    return PPOStep(**common, abstract_scorer=parallel.abstract_params(scorer_config)[0],
-                   scorer_shardings=scorer_sh, update_batch=None, fused=fused)
+    return PPOStep(**common, abstract_scorer=part(parallel.abstract_params(scorer_config)[0]),
+                   scorer_shardings=scorer_sh, update_batch=None, fused=fused, scorer_shares_base=shares_base)
 
   sampler = rollout_lib.make_sampler(actor, roll_cfg)
 
@@ -407,7 +422,8 @@ def ppo_step(p, prompts) -> tuple[PPOStep, dict]:
                         scorer_inputs=inputs)
   state, _ = parallel.init_sharded_state(step.create, policy_params, step.param_shardings, p.mesh, actor.split)
   args = {"state": state, "ref_params": parallel.place(ref_params, step.ref_shardings),
-          "scorer_params": None if scorer is None else parallel.place(scorer_params, step.scorer_shardings),
+          "scorer_params": None if scorer is None else parallel.place(step.scorer_part(scorer_params),
+                                                                      step.scorer_shardings),
           "scorer_inputs": segments}
   return step, args
 

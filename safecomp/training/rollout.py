@@ -97,9 +97,8 @@ class ActorCritic:
     """The actor-critic tree of `split`'s halves."""
     if self.critic_model is None:
       return lora.combine(frozen, trainable)
-    critic_base = {k: v for k, v in frozen.items() if k != "lm_head"}
     return {"policy": lora.combine(frozen, trainable["policy"]),
-            "critic": lora.combine(critic_base, trainable["critic"])}
+            "critic": lora.combine(trunk_base(frozen), trainable["critic"])}
 
   def reference_part(self, reference):
     """What the PPO step keeps of the reference policy's tree: all of it, or with adapters only its
@@ -119,6 +118,12 @@ class ActorCritic:
       _, values = models.response_forward(self.critic_model, params["critic"], sequences, attention_mask,
                                           response_width)
     return logits, values
+
+
+def trunk_base(frozen) -> dict:
+  """The policy's frozen base without its LM head: the base a critic or a reward model with adapters
+  runs on."""
+  return {k: v for k, v in frozen.items() if k != "lm_head"}
 
 
 def map_rows(fn, rows: Any, chunk_rows: int) -> Any:
