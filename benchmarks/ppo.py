@@ -109,9 +109,9 @@ def safecomp_iteration(c, vocab_size: int, prompts: np.ndarray, prompt_mask: np.
   policy_params = init(actor.policy_model, 3)
   params = policy_params if actor.critic_model is None else {
       "policy": policy_params, "critic": init(actor.critic_model, 4)}
-  state, _ = parallel.init_sharded_state(step.create, params, step.param_shardings, mesh)
-  ref_params = parallel.place(policy_params, step.ref_shardings)
-  rm_params = parallel.place(init(rm_model, 5), step.scorer_shardings)
+  state = step.init_state(params)
+  ref_params = parallel.place(actor.reference_part(policy_params), step.ref_shardings)
+  rm_params = parallel.place(step.scorer_part(init(rm_model, 5)), step.scorer_shardings)
   batch = {"prompts": prompts, "prompt_mask": prompt_mask, "intent": np.zeros((len(prompts),), np.int32),
            "step": np.int32(0)}
   batch = parallel.put_batch(batch, step.batch_shardings)
@@ -134,14 +134,18 @@ def safecomp_iteration(c, vocab_size: int, prompts: np.ndarray, prompt_mask: np.
   roll_cfg = ppo_stage.rollout_config(c, (EOS,), PAD)
   sample = jax.jit(lambda params, tokens, mask, key: rollout_lib.sample(
       actor.policy_model, actor.policy_params(params), tokens, mask, key, roll_cfg))
-  sample = common.compile_lowered(sample.lower(holder["state"].params, batch["prompts"],
-                                               batch["prompt_mask"], jax.random.key(0)))
+  params = holder["state"].model_params()  # the whole actor-critic tree (with adapters: base joined in)
+  sample = common.compile_lowered(sample.lower(params, batch["prompts"], batch["prompt_mask"], jax.random.key(0)))
   sampling = common.measure_adaptive(
-      lambda: sample(holder["state"].params, batch["prompts"], batch["prompt_mask"], jax.random.key(0)),
+      lambda: sample(params, batch["prompts"], batch["prompt_mask"], jax.random.key(0)),
       min_reps, max_reps, target_s / 2)
-  return (PPOSide("safecomp (JAX, fused rollout + update)", timing=timing, critic=c.ppo.critic,
-                  setup_s=compile_s, response_tokens=length, sampling_s=sampling.median,
-                  note=f"{CRITIC_NOTES[c.ppo.critic]}; setup = XLA compilation"),
+  name, note = "safecomp (JAX, fused rollout + update)", f"{CRITIC_NOTES[c.ppo.critic]}; setup = XLA compilation"
+  if actor.adapters:
+    name = f"safecomp with LoRA r={c.lora.rank} (JAX, fused rollout + update)"
+    note = (f"adapters on every projection; policy, reference, critic and reward model on one frozen base; "
+            f"XLA memory {common.fmt_mib(common.xla_bytes(compiled))}; setup = XLA compilation")
+  return (PPOSide(name, timing=timing, critic=c.ppo.critic, setup_s=compile_s, response_tokens=length,
+                  sampling_s=sampling.median, note=note),
           common.xla_bytes(compiled))
 
 
@@ -404,14 +408,19 @@ def torch_side(c, vocab_size: int, prompts: np.ndarray, prompt_mask: np.ndarray,
 # ------------------------------------------------------------------------------------------- run
 def run_ppo(c, vocab_size: int = DEMO_VOCAB, baselines: tuple = ("trl", "torch"), min_reps: int = 3,
             max_reps: int = 8, target_s: float = 10.0, seed: int = 0,
-            torch_threads: object = "auto") -> PPOResult:
-  """One PPO iteration of config `c` (its `model`, `max_prompt_len` and `ppo` sections)."""
+            torch_threads: object = "auto", adapter_rank: int = 0) -> PPOResult:
+  """One PPO iteration of config `c` (its `model`, `max_prompt_len` and `ppo` sections); with
+  `adapter_rank`, also safecomp's iteration with LoRA adapters of that rank (a row after safecomp's)."""
   p = c.ppo
   if p.group_size != 1 or p.algorithm != "ppo":
     raise ValueError("the PPO benchmark covers algorithm='ppo' with group_size=1")
   prompts, prompt_mask = random_prompts(p.prompts_per_iteration, c.max_prompt_len, vocab_size, seed)
   ours, xla = safecomp_iteration(c, vocab_size, prompts, prompt_mask, min_reps, max_reps, target_s)
   sides = [ours]
+  if adapter_rank:
+    adapted = copy.deepcopy(c)
+    adapted.lora.rank, adapted.lora.alpha = int(adapter_rank), 2.0 * adapter_rank
+    sides.append(safecomp_iteration(adapted, vocab_size, prompts, prompt_mask, min_reps, max_reps, target_s)[0])
   threads = None if torch_threads == "auto" else int(torch_threads)
   if "torch" in baselines:
     sides.append(torch_side(c, vocab_size, prompts, prompt_mask, min_reps, max_reps, target_s,

@@ -221,7 +221,7 @@ def section_ppo(sizes: Sizes, out: list, data: dict, torch_threads: Any, baselin
       f"baselines {baselines}")
   result = ppo_lib.run_ppo(c, vocab_size=sizes.ppo_vocab, baselines=baselines,
                            min_reps=sizes.min_reps, max_reps=min(sizes.max_reps, 6),
-                           target_s=sizes.target_s * 2, torch_threads=torch_threads)
+                           target_s=sizes.target_s * 2, torch_threads=torch_threads, adapter_rank=16)
   shown = "`configs/demo.py`" + (
       " with " + ", ".join(f"{k}={v}" for k, v in sizes.ppo_overrides) if sizes.ppo_overrides
       else "")

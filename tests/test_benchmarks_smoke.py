@@ -46,11 +46,12 @@ def test_ppo_section_runs_safecomp_and_the_pytorch_loop(tmp_path):
   report = run.main(["--smoke", "--sections", "ppo", "--ppo-baselines", "torch",
                      "--torch-threads", "1", "--json", str(tmp_path / "b.json")])
   rows = json.loads((tmp_path / "b.json").read_text())["ppo"]
-  assert [r["critic"] for r in rows] == ["separate", "separate"] and rows[0]["time_vs_safecomp"] == 1.0
-  assert rows[1]["implementation"].startswith("plain") and rows[1]["time_vs_safecomp"] > 0
+  assert [r["critic"] for r in rows] == ["separate"] * 3 and rows[0]["time_vs_safecomp"] == 1.0
+  assert rows[1]["implementation"].startswith("safecomp with LoRA r=16") and rows[1]["time_vs_safecomp"] > 0
+  assert rows[2]["implementation"].startswith("plain") and rows[2]["time_vs_safecomp"] > 0
   assert "## One PPO iteration" in report
   rows = [line for line in report.splitlines() if line.startswith(("| safecomp", "| plain"))]
-  assert len(rows) == 2
+  assert len(rows) == 3
   for row in rows:
     cells = [cell.strip() for cell in row.split("|")]
     assert cells[2] == run.demo_config().ppo.critic == "separate", row  # the critic that was measured

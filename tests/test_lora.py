@@ -114,8 +114,7 @@ def test_lora_ppo_iteration_leaves_the_base_bit_identical():
   # The critic starts on the same base (as grafting the reward model's trunk gives), its own adapters.
   critic_init = jax.device_get(models.init_params(actor.critic_model.config, jax.random.key(1)))
   critic = models.graft(critic_init, randomized_adapters(policy, seed=1))
-  state, _ = parallel.init_sharded_state(step.create, {"policy": policy, "critic": critic}, step.param_shardings,
-                                         mesh, actor.split)
+  state = step.init_state({"policy": policy, "critic": critic})
   # One base, held once: the policy's weights without adapters; the critic reads it without the LM head.
   assert set(state.frozen) == {"embed", "layers", "final_norm", "lm_head"}
   assert all(lora.is_adapter(k) for k in traverse_util.flatten_dict(state.params["policy"]))

@@ -102,7 +102,7 @@ def test_host_grader_step_equals_plain_jit_on_one_device():
   plain_roll = dict(roll, response_mask=roll["response_mask"] * graded[:, None], scores=scores)
   plain_state, plain_metrics = jit_update(plain_state, plain_roll, update_key)
 
-  state, _ = parallel.init_sharded_state(step.create, params, step.param_shardings, mesh)
+  state = step.init_state(params)
   batch = {"prompts": prompts, "prompt_mask": prompt_mask, "intent": np.zeros(b, np.int32), "step": np.int32(it)}
   sharded_roll = step.sample(state, batch, parallel.place(policy, step.ref_shardings))
   for key in ppo_stage.ROLLOUT_KEYS:

@@ -252,6 +252,11 @@ class PPOStep:
     update_batch = w(self.update_batch, parallel.batch_shardings(self.update_batch, self.mesh, self.rules))
     return {"rollout": (self.sample, (state, batch, ref)), "update": (self.update, (state, update_batch))}
 
+  def init_state(self, params: Any) -> ppo_lib.RLTrainState:
+    """A fresh state from actor-critic `params` (host or device arrays), placed with its shardings (the
+    frozen base cut from the trainable part as the actor-critic says, with adapters)."""
+    return parallel.init_sharded_state(self.create, params, self.param_shardings, self.mesh, self.actor.split)[0]
+
   def scorer_part(self, scorer_params: Any) -> Any:
     """What the step takes of the on-device grader's parameters (all, or its adapters and heads)."""
     return lora.split(scorer_params)[1] if self.scorer_shares_base else scorer_params
@@ -420,7 +425,7 @@ def ppo_step(p, prompts) -> tuple[PPOStep, dict]:
     inputs = {k: jax.ShapeDtypeStruct(shape, np.int32) for k in ("judge_heads", "judge_head_mask")}
   step = build_ppo_step(c, actor, scorer, p.mesh, stop_ids=p.stop_ids, pad_id=p.tokenizer.pad_id,
                         scorer_inputs=inputs)
-  state, _ = parallel.init_sharded_state(step.create, policy_params, step.param_shardings, p.mesh, actor.split)
+  state = step.init_state(policy_params)
   args = {"state": state, "ref_params": parallel.place(ref_params, step.ref_shardings),
           "scorer_params": None if scorer is None else parallel.place(step.scorer_part(scorer_params),
                                                                       step.scorer_shardings),
