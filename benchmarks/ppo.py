@@ -460,7 +460,7 @@ def ppo_table(result: PPOResult) -> str:
     ratio = side.timing.median / ours.timing.median
     rows.append((side.name, side.critic or "", common.fmt_s(side.timing.median),
                  "1.00x" if side is ours else f"{ratio:.2f}x (safecomp faster)" if ratio >= 1
-                 else f"{1 / ratio:.2f}x (baseline faster)",
+                 else f"{1 / ratio:.2f}x (this row faster)",
                  f"{side.response_tokens:.1f}" if side.response_tokens is not None else "n/a",
                  "n/a" if side.sampling_s is None else
                  f"{common.fmt_s(side.sampling_s)} ({side.sampling_s / side.timing.median:.0%})",

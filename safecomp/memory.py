@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from safecomp import models
+from safecomp.models import lora
 from safecomp import parallel
 from safecomp.config import load_config, require
 from safecomp.errors import SafecompError
@@ -337,11 +338,13 @@ def summarize(config: Any, low: LoweredStage, *, compile_step: bool = False) -> 
       "kv_cache_bytes": low.kv_cache_bytes,
   }
   if cfg.lora_rank:
-    # Global counts: what the optimizer sees (adapters, fresh heads) and the base held once beside it.
+    # Global counts: what the optimizer sees (adapters, fresh heads) and the base held once beside it
+    # (its parameters, whether or not its kernels are stored quantised).
+    base = lora.split(parallel.abstract_params(dataclasses.replace(cfg, base_quantization="none"))[0])[0]
     out["lora"] = {"rank": int(cfg.lora_rank), "alpha": float(cfg.lora_alpha),
-                   "targets": ",".join(cfg.lora_targets),
+                   "targets": ",".join(cfg.lora_targets), "base_quantization": cfg.base_quantization,
                    "trainable_params": tree_size(low.abstract_state.params),
-                   "frozen_params": tree_size(low.abstract_state.frozen)}
+                   "frozen_params": tree_size(base)}
   resident = out["params_bytes"] + out["optimizer_bytes"] + out["frozen_bytes"]
   devices = tuple(jax.devices()[:n]) if compile_step else None
   programs = {}
@@ -414,9 +417,11 @@ def format_plan(result: dict, accelerators: Sequence[str] = tuple(ACCELERATORS))
   ]
   if "lora" in result:
     a = result["lora"]
+    quantized = "" if a["base_quantization"] == "none" else f" ({a['base_quantization']} layer kernels)"
     lines.append(f"lora: rank {a['rank']}, alpha {a['alpha']:g}, targets {a['targets']}: "
                  f"{_count(a['trainable_params'])} trainable parameters (adapters, fresh heads) on a frozen "
-                 f"base of {_count(a['frozen_params'])}, held once; the optimizer state covers the adapters only")
+                 f"base of {_count(a['frozen_params'])}{quantized}, held once; the optimizer state covers the "
+                 "adapters only")
   if result["stage"] == "ppo":
     where = "in the compiled rollout" if result["reward_on_device"] else "on the host, between sampler and update"
     lines.append(f"ppo: critic {result['critic']}, reward.grader {result['grader']} ({where}), "
@@ -433,7 +438,7 @@ def format_plan(result: dict, accelerators: Sequence[str] = tuple(ACCELERATORS))
     if "reference" in parts:
       lines.append(f"  reference (SFT adapters)  {_size(parts['reference'])}")
     if "reward_model" in parts:
-      lines.append(f"  reward model              {_size(parts['reward_model'])}")
+      lines.append(f"  reward model (adapters)   {_size(parts['reward_model'])}")
   elif result["frozen_bytes"]:
     lines.append(f"  frozen models (ref, RM)   {_size(result['frozen_bytes'])}")
   if result["kv_cache_bytes"]:

@@ -3,7 +3,10 @@
 Nothing is downloaded and no weights are allocated. In this process the SFT step and the PPO update
 of each config are lowered for its target platform against an AbstractMesh of the right shape; a
 separate process with 64 simulated CPU devices compiles each SFT step and reads its memory analysis.
+The LoRA variants (adapters on a frozen bfloat16 base) go through the same checks, and change nothing
+of their base config but what adapters need.
 """
+import dataclasses
 import json
 import os
 import pathlib
@@ -45,6 +48,19 @@ CONFIGS = {
                   tie_word_embeddings=True, attention_bias=True, attention_out_bias=False,
                   sliding_window=None)),
 }
+# LoRA variants: each loads a config above (`base`) and changes only what adapters on a bfloat16 base need.
+LORA_CONFIGS = {
+    "configs/gemma_2b_lora_v4_8.py": dict(base="configs/gemma_2b_v4_8.py", mesh={"data": 1, "fsdp": 4, "tensor": 1}),
+    "configs/llama3_8b_lora_gpu.py": dict(base="configs/llama3_8b_v5e_64.py", platform="cuda", accelerator="h100",
+                                          mesh={"data": 1, "fsdp": 1, "tensor": 1}),
+    "configs/qwen2_0_5b_lora_gpu.py": dict(base="configs/qwen2_0_5b_gpu.py", mesh={"data": 1, "fsdp": 1, "tensor": 1}),
+}
+for _path, _spec in LORA_CONFIGS.items():
+  CONFIGS[_path] = {**CONFIGS[_spec["base"]], **_spec, "lora": True}
+# The keys a LoRA variant may change from its base config.
+LORA_KEYS = ("lora.", "model.param_dtype", "sft.learning_rate", "rm.learning_rate", "ppo.learning_rate",
+             "sft.microbatches", "rm.microbatches", "ppo.prompts_per_iteration",
+             "ppo.score_chunk_rows", "ppo.num_minibatches", "eval.batch_size", "mesh.", "distributed.initialize")
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +91,16 @@ def _keys(config: ml_collections.ConfigDict, prefix=""):
   return out
 
 
+def _flat(config: ml_collections.ConfigDict, prefix="") -> dict:
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = value
+  return out
+
+
 @pytest.mark.parametrize("path", list(CONFIGS))
 def test_architecture_is_the_public_one(path, compile_process):
   del compile_process  # started here so that it overlaps the tests below
@@ -82,8 +108,12 @@ def test_architecture_is_the_public_one(path, compile_process):
   cfg = models.model_config_from(config)
   for key, value in CONFIGS[path]["arch"].items():
     assert getattr(cfg, key) == value, key
-  assert memory.count_params(cfg) == pytest.approx(CONFIGS[path]["params"], rel=1e-3)
-  assert cfg.dtype == "bfloat16" and cfg.param_dtype == "float32"
+  assert memory.count_params(dataclasses.replace(cfg, lora_rank=0)) == pytest.approx(CONFIGS[path]["params"],
+                                                                                      rel=1e-3)
+  lora = CONFIGS[path].get("lora", False)
+  # Full fine-tuning keeps float32 master weights; under adapters the frozen base is stored in bfloat16.
+  assert cfg.dtype == "bfloat16" and cfg.param_dtype == ("bfloat16" if lora else "float32")
+  assert bool(cfg.lora_rank) == lora
   assert config.model.init_from  # points at the user's local checkpoint directory
   assert {axis: config.mesh[axis] for axis in parallel.MESH_AXES} == CONFIGS[path]["mesh"]
   assert parallel.rules_from_config(config) == parallel.DEFAULT_RULES
@@ -113,8 +143,12 @@ def test_steps_lower_for_the_target_mesh_and_fit(path, stage):
   assert f"sdy.mesh @mesh = <[{sizes}]>" in text
   n = spec["mesh"]["fsdp"] * spec["mesh"]["tensor"]
   state = low.abstract_state
-  total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
-  per_device = parallel.shard_bytes(state.params, low.state_shardings.params)
+  # The model's weights: all trained, or under adapters the frozen base (the adapters are small, and
+  # those whose axes map to no mesh axis but the rank's stay whole).
+  weights, weight_shardings = ((state.frozen, low.state_shardings.frozen) if spec.get("lora")
+                               else (state.params, low.state_shardings.params))
+  total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(weights))
+  per_device = parallel.shard_bytes(weights, weight_shardings)
   # Parameters are split over fsdp x tensor (a few small or indivisible ones stay whole).
   assert per_device <= total / n * 1.05 + 2 ** 20
   if n > 1:
@@ -124,6 +158,20 @@ def test_steps_lower_for_the_target_mesh_and_fit(path, stage):
   assert result["fits"][spec["accelerator"]]["fits"], result["total_bytes"]
   if stage == "ppo":
     assert result["kv_cache_bytes"] > 0 and result["frozen_bytes"] > 0
+  if spec.get("lora"):
+    # Only the adapters and fresh heads train: AdamW's two moments of those, the base held frozen once.
+    assert result["lora"]["rank"] == config.lora.rank > 0
+    assert result["optimizer_bytes"] == pytest.approx(2 * result["params_bytes"], rel=0.01)
+    assert result["frozen_parts"]["base"] == per_device > result["params_bytes"]
+
+
+@pytest.mark.parametrize("path", list(LORA_CONFIGS))
+def test_lora_configs_change_only_what_adapters_need(path):
+  config, base = _flat(load_config(REPO / path)), _flat(load_config(REPO / LORA_CONFIGS[path]["base"]))
+  assert config.keys() == base.keys()
+  changed = {k for k in config if config[k] != base[k]}
+  assert {k for k in changed if not k.startswith(LORA_KEYS)} == set(), changed
+  assert {"lora.rank", "model.param_dtype"} <= changed
 
 
 @pytest.mark.parametrize("path", list(CONFIGS))

@@ -104,7 +104,9 @@ class Transformer(nn.Module):
     head_init = nn.with_logical_partitioning(
         nn.initializers.normal(0.01 / math.sqrt(cfg.hidden_size)), ("embed", None))
     bias_init = layers.zeros_init((None,))
-    make = lambda n: nn.Dense(n, dtype=jnp.float32, param_dtype=cfg.params_dtype,
+    # Heads a stage adds train even on a frozen base (adapters): then in float32, like the adapters.
+    head_dtype = jnp.float32 if cfg.lora_rank else cfg.params_dtype
+    make = lambda n: nn.Dense(n, dtype=jnp.float32, param_dtype=head_dtype,
                               kernel_init=head_init, bias_init=bias_init)
     if "value" in cfg.heads:
       self.value_head = make(1)
