@@ -6,6 +6,8 @@ The policy trains on real prompts with intent labels (`task.train_prompts`) and 
 from the judge's grades of the SFT policy's own samples; PPO optimises the reward model's r = h x s
 inside the compiled rollout; the judge grades the eval stage and PPO's gold monitoring.
 """
+import pathlib
+
 import ml_collections
 
 # Public sets by intent: train on CoCoNot (malicious and benign requests, and benign requests that look
@@ -28,3 +30,17 @@ def use_prompts_task(c: ml_collections.ConfigDict, *, judge_checkpoint: str, jud
   c.judge.checkpoint = judge_checkpoint
   c.judge.family = judge_family
   c.judge.dtype = "bfloat16"
+
+
+def with_adapters(base_config: str, *, rank: int = 16, alpha: float = 32.0) -> ml_collections.ConfigDict:
+  """The config of `configs/<base_config>` training LoRA adapters instead of every weight: rank `rank`
+  (alpha `alpha`) on every projection, the frozen base stored in bfloat16 (adapters, their AdamW moments
+  and the fresh heads keep float32), and about ten times full fine-tuning's learning rates (common
+  LoRA practice)."""
+  from safecomp.config import config_from_file  # pylint: disable=import-outside-toplevel
+  c = config_from_file(pathlib.Path(__file__).with_name(base_config))
+  c.lora.update(rank=rank, alpha=alpha)
+  for section in (c.sft, c.rm, c.ppo):
+    section.learning_rate *= 10
+  c.model.param_dtype = "bfloat16"
+  return c
