@@ -86,7 +86,7 @@ def stage_setup(config: Any, stage: str, vocab_size: int | None = None) -> Stage
   micro = int(section.get("microbatches", 1))
   tx = loop_lib.make_optimizer(section, _section_steps(section))
   # With adapters (`lora.rank`) only the adapters and fresh heads train: the base sits in `state.frozen`.
-  create = lambda p: loop_lib.new_state(p, tx, adapters=bool(cfg.lora_rank))
+  create = lambda p: loop_lib.new_state(p, tx, adapters=bool(cfg.lora_rank), quantization=cfg.base_quantization)
   batch = {"tokens": tokens(b, length), "attention_mask": tokens(b, length)}
   if stage == "sft":
     batch["loss_mask"] = tokens(b, length)

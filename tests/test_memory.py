@@ -200,6 +200,16 @@ def test_bfloat16_base_halves_the_frozen_bytes():
   assert bf16["model"]["param_dtype"] == "bfloat16"
 
 
+@pytest.mark.parametrize("stage", ["sft", "ppo"])
+def test_quantised_bases_shrink_the_frozen_bytes(stage):
+  plans = {q: memory.plan(load_config(f"{REPO}/{DEMO}", ["--config.lora.rank=4", f"--config.lora.base_quantization={q}"]),
+                          ONE, stage=stage, compile_step=False, vocab_size=VOCAB) for q in ("none", "int8", "nf4")}
+  base = {q: plan["frozen_parts"]["base"] for q, plan in plans.items()}
+  assert base["nf4"] < base["int8"] < base["none"]
+  assert plans["nf4"]["lora"]["base_quantization"] == "nf4"
+  assert plans["nf4"]["lora"]["frozen_params"] == plans["none"]["lora"]["frozen_params"]  # same weights, fewer bytes
+
+
 def test_lora_json_and_text(capsys, monkeypatch):
   code = run_cli(monkeypatch, ["--config", DEMO, "--vocab_size", str(VOCAB), "--mesh", "data=1", "--no-compile",
                                "--json", "--stage", "ppo", "--config.lora.rank=4"])
