@@ -8,9 +8,11 @@ the base's `param_dtype`, and carry logical axis names (the projection's input a
 
 Training keeps the base frozen: `split` cuts a params tree into (frozen, trainable) by path (the
 adapters and the scalar heads a stage adds train; every pretrained weight stays), the step
-differentiates the trainable part only and calls the model on `combine(frozen, trainable)`. `merge`
-folds adapters into the kernels (the exported model, the next stage's base); `adapters_off` drops
-them (the PPO reference is the base with the adapters off).
+differentiates the trainable part only and calls the model on `combine(frozen, trainable)`
+(`TrainState`). Every stage runs on the same base and carries the adapters on: SFT trains them from
+fresh (or from `lora.init_from`), the reward model and the critic start from the SFT adapters, PPO's
+policy trains them further and its reference is the base with the SFT adapters. `merge` folds
+adapters into the kernels (the exported model); `adapters_off` drops them (the base model).
 """
 from __future__ import annotations
 
