@@ -10,10 +10,10 @@ Training keeps the base frozen: `split` cuts a params tree into (frozen, trainab
 adapters and the scalar heads a stage adds train; every pretrained weight stays), the step
 differentiates the trainable part only and calls the model on `combine(frozen, trainable)`
 (`TrainState`). Every stage runs on the same base and carries the adapters on: SFT trains them from
-fresh (or from `lora.init_from`), the reward model starts from the SFT adapters and the critic from the
-reward model's, PPO's
-policy trains them further and its reference is the base with the SFT adapters. `merge` folds
-adapters into the kernels (the exported model); `adapters_off` drops them (the base model).
+fresh (or from `lora.init_from`), the reward model starts from the SFT adapters and the critic from
+the reward model's, PPO's policy trains them further and its reference is the base with the SFT
+adapters. `merge` folds adapters into the kernels (the exported model); `adapters_off` drops them
+(the base model).
 """
 from __future__ import annotations
 
