@@ -19,6 +19,7 @@ import numpy as np
 
 from benchmarks import common
 from safecomp import models
+from safecomp.models import sampling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,18 +79,6 @@ def call_flops(config: models.ModelConfig, batch: int, prompt_len: int, new_toke
   return float(prompt + steps)
 
 
-def prefill_fn(model, new_tokens: int):
-  """The prompt forward `generate` starts with: fills a cache for prompt + new tokens and returns the
-  first logits, so the decode loop's share of a call is the call minus this."""
-  def prefill(params, tokens, mask):
-    cache = models.init_cache(model.config, tokens.shape[0], tokens.shape[1] + new_tokens)
-    variables = models.as_variables(params)
-    hidden, cache = model.apply(variables, tokens, attention_mask=mask.astype(bool), cache=cache,
-                                cache_index=0, method=models.Transformer.encode)
-    return model.apply(variables, hidden[:, -1], method=models.Transformer.lm_logits), cache
-  return prefill
-
-
 def build_hf_llama(shape: LlamaShape, seed: int = 0):
   """A random `LlamaForCausalLM` (float32, eval mode)."""
   import torch  # pylint: disable=import-outside-toplevel
@@ -139,7 +128,8 @@ def run_generation(shape: LlamaShape, batches: Sequence[int], prompt_len: int, n
   hf_model.to(common.torch_device())
   gen = jax.jit(functools.partial(models.generate, model, max_new_tokens=new_tokens, greedy=True,
                                   eos_id=None))
-  prefill = jax.jit(prefill_fn(model, new_tokens))
+  # The prompt forward `generate` starts with, timed alone: the decode loop's share is the call minus it.
+  prefill = jax.jit(functools.partial(sampling.prefill, model, max_len=prompt_len + new_tokens))
   rng = np.random.default_rng(seed)
   results = []
   for batch in batches:

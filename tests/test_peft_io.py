@@ -20,14 +20,15 @@ import transformers
 
 from safecomp import models as M
 from safecomp.errors import CheckpointError
-from safecomp.models import lora
+from safecomp.models import lora, peft_io
+from safecomp.models.config import LORA_TARGETS
 
 PAD, VOCAB = 0, 64
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
               pad_token_id=PAD, bos_token_id=1, eos_token_id=2)
 FAMILIES = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}
-ALL = lora.TARGETS
+ALL = LORA_TARGETS
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -89,7 +90,7 @@ def test_export_matches_peft_and_merged_model(base, subset, tmp_path):
   model, params = _trained(base.path, targets)
   out = M.export_adapter(model.config, params, tmp_path / "adapter", base_model_name_or_path="tiny")
   written = json.loads((out / "adapter_config.json").read_text())
-  assert written["target_modules"] == [lora.HF_MODULES[t].split(".")[-1] for t in targets]
+  assert written["target_modules"] == [peft_io.HF_PROJECTIONS[t] for t in targets]
   assert (written["r"], written["lora_alpha"], written["peft_type"]) == (4, 8.0, "LORA")
   assert len(load_file(str(out / "adapter_model.safetensors"))) == 2 * 2 * len(targets)
 

@@ -372,6 +372,17 @@ HF_KEYS = {
 }
 
 
+def lora_fields(config: Any) -> dict:
+  """The `ModelConfig` adapter fields of the experiment config's `lora` section (none for runs
+  recorded before the section existed)."""
+  adapters = config.get("lora")
+  if adapters is None:
+    return {}
+  return dict(lora_rank=int(adapters.rank), lora_alpha=float(adapters.alpha),
+              lora_targets=parse_lora_targets(adapters.targets),
+              base_quantization=adapters.get("base_quantization", "none"))
+
+
 def model_config_from(config: Any, heads: tuple[str, ...] = ("lm",), *, vocab_size: int | None = None,
                       **token_ids: Any) -> ModelConfig:
   """`ModelConfig` of the experiment's model with `heads`, numerics from `model.dtype` etc.
@@ -389,11 +400,7 @@ def model_config_from(config: Any, heads: tuple[str, ...] = ("lm",), *, vocab_si
   m = config.model
   numerics = dict(heads=tuple(heads), dtype=m.get("dtype", "float32"),
                   param_dtype=m.get("param_dtype", "float32"), remat=m.get("remat", "none"))
-  adapters = config.get("lora")
-  if adapters is not None:  # the `lora` section: adapters on every stage's model (rank 0: none)
-    numerics.update(lora_rank=int(adapters.rank), lora_alpha=float(adapters.alpha),
-                    lora_targets=parse_lora_targets(adapters.targets),
-                    base_quantization=adapters.get("base_quantization", "none"))
+  numerics.update(lora_fields(config))
   init_from = m.get("init_from", "")
   if init_from and (pathlib.Path(init_from) / "config.json").is_file():
     hf = json.loads((pathlib.Path(init_from) / "config.json").read_text())

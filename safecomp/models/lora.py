@@ -26,15 +26,10 @@ from flax import struct, traverse_util
 from flax.training import train_state
 
 from safecomp.models import quantize
-from safecomp.models.config import LORA_TARGETS, ModelConfig
+from safecomp.models.config import ModelConfig
 
 Array = jax.Array
 
-# Projections an adapter can target (`ModelConfig.lora_targets`), with their Hugging Face module names.
-TARGETS = LORA_TARGETS
-HF_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
-              "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
-              "down": "mlp.down_proj"}
 SUFFIX = "_lora"
 # Scalar heads: fresh in every stage that adds them, so they train with the adapters.
 TRAINED_HEADS = ("value_head", "severity_head", "helpfulness_head")

@@ -33,8 +33,9 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 _PREFIX = "base_model.model.model.layers."  # PEFT's wrapper + the causal LM's `model.layers.{i}`
 _LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
-# HF projection name (q_proj, ...) -> our target name.
-_BY_HF_NAME = {lora.HF_MODULES[t].split(".")[-1]: t for t in LORA_TARGETS}
+# Our target name -> its HF projection name (q_proj, ...), from the checkpoint layout `hf_io` reads.
+HF_PROJECTIONS = {key[1]: name.split(".")[-2] for key, (name, _) in _LAYER_MAP.items() if key[-1] == "kernel"}
+_BY_HF_NAME = {HF_PROJECTIONS[t]: t for t in LORA_TARGETS}
 # PEFT options that change what the adapter computes or stores, which our adapters cannot express.
 _UNSUPPORTED = {
     "use_rslora": "safecomp scales by lora_alpha / r, not lora_alpha / sqrt(r)",
@@ -92,7 +93,7 @@ def export_adapter(config: ModelConfig, params: Mapping, directory: os.PathLike,
   peft_config = {
       "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": int(config.lora_rank),
       "lora_alpha": float(config.lora_alpha), "lora_dropout": 0.0,
-      "target_modules": [lora.HF_MODULES[t].split(".")[-1] for t in config.lora_targets],
+      "target_modules": [HF_PROJECTIONS[t] for t in config.lora_targets],
       "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "modules_to_save": None,
       "base_model_name_or_path": base_model_name_or_path, "inference_mode": True,
       "init_lora_weights": True,

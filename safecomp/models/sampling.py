@@ -6,7 +6,7 @@ the sampler saw: `token_logprobs` of that forward equals `response_logprobs`.
 """
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple, Sequence, Union
+from typing import Any, Mapping, NamedTuple, Sequence, Union
 
 import chex
 import jax
@@ -59,6 +59,19 @@ def sample_tokens(logits: Array, rng: Array, *, temperature: float = 1.0, top_k:
   return jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
 
 
+def prefill(model: Transformer, params: Mapping, prompt_tokens: Array, prompt_mask: Array, max_len: int,
+            cache_dtype=None) -> tuple[Array, Any]:
+  """The prompt forward `generate` starts with: (logits [B, V] at each row's last real prompt token,
+  a KV cache of `max_len` slots holding the prompt)."""
+  variables = as_variables(params)
+  cache = init_cache(model.config, prompt_tokens.shape[0], max_len, cache_dtype)
+  hidden, cache = model.apply(variables, prompt_tokens, attention_mask=prompt_mask.astype(bool), cache=cache,
+                              cache_index=0, method=Transformer.encode)
+  last = last_token_index(prompt_mask)
+  hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+  return model.apply(variables, hidden, method=Transformer.lm_logits), cache
+
+
 def generate(model: Transformer, params: Mapping, prompt_tokens: Array, prompt_mask: Array,
              rng: Array, *, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, greedy: bool = False,
@@ -93,11 +106,7 @@ def generate(model: Transformer, params: Mapping, prompt_tokens: Array, prompt_m
   def step_logits(hidden):
     return model.apply(variables, hidden, method=Transformer.lm_logits)
 
-  cache = init_cache(cfg, batch, prompt_len + max_new_tokens, cache_dtype)
-  hidden, cache = model.apply(variables, prompt_tokens, attention_mask=prompt_mask, cache=cache,
-                              cache_index=0, method=Transformer.encode)
-  last = last_token_index(prompt_mask)
-  logits = step_logits(jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0])
+  logits, cache = prefill(model, variables, prompt_tokens, prompt_mask, prompt_len + max_new_tokens, cache_dtype)
 
   tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
   logprobs = jnp.zeros((batch, max_new_tokens), jnp.float32)

@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable, Iterable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from safecomp import config as config_lib
@@ -123,9 +124,7 @@ def validate(config: ml_collections.ConfigDict):
   ppo_stage.ppo_config(config, eos_id=0)
   if config.get("lora") is not None:  # runs recorded before adapters existed have no lora section
     try:  # rank, alpha and targets are checked where the section becomes the model's config
-      models.ModelConfig(lora_rank=int(config.lora.rank), lora_alpha=float(config.lora.alpha),
-                         lora_targets=models.parse_lora_targets(config.lora.targets),
-                         base_quantization=config.lora.get("base_quantization", "none"))
+      models.ModelConfig(**models.config.lora_fields(config))
     except (TypeError, ValueError) as e:
       raise ConfigError(f"config key 'lora': {e}") from None
     if config.lora.init_from:
@@ -338,9 +337,10 @@ class Pipeline:
     trained = self.final_params(stage, abstract)["params"]
     if not adapters:
       return trained
-    kind = self.config.lora.get("base_quantization", "none")
-    base = lora.split(params_like)[0]
-    return lora.combine(models.quantize.stored_like_training(base, kind, jax.tree.leaves(base)[0].dtype), trained)
+    kind = models.config.lora_fields(self.config)["base_quantization"]
+    base = models.quantize.stored_like_training(lora.split(params_like)[0], kind,
+                                                 jnp.dtype(self.config.model.param_dtype))
+    return lora.combine(base, trained)
 
   def sft_policy(self) -> tuple[Any, Any]:
     """(model, params) of the finished SFT stage; an error naming the stage when there is none."""
