@@ -2,6 +2,7 @@
 import pathlib
 import re
 
+import numpy as np
 import pytest
 
 from safecomp import spec as spec_lib
@@ -11,6 +12,7 @@ from safecomp.errors import ConfigError
 
 FINE = "safe_completion_fine"
 COARSE = "safe_completion_coarse"
+INCONSISTENT = "safe_completion_inconsistent"
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +23,11 @@ def fine():
 @pytest.fixture(scope="module")
 def coarse():
   return spec_lib.load_spec(COARSE)
+
+
+@pytest.fixture(scope="module")
+def inconsistent():
+  return spec_lib.load_spec(INCONSISTENT)
 
 
 def test_shipped_specs_load_at_both_granularities(fine, coarse):
@@ -118,6 +125,75 @@ def test_teacher_prompt_has_spec_student_prompt_does_not(fine):
   with pytest.raises(spec_lib.SpecError, match="no section for category 'biolgy'.*biology"):
     spec_lib.render_teacher_prompt(fine, "hi", category="biolgy")
 
+def test_consistent_specs_have_no_conflicts(fine, coarse):
+  for s in (fine, coarse):
+    assert s.conflicts() == () and not s.allow_conflicts
+    assert "Rules (the first that matches applies):" in s.policy_text()
+
+
+def test_inconsistent_spec_lists_its_conflicts(inconsistent, fine):
+  assert INCONSISTENT in spec_lib.list_specs() and inconsistent.allow_conflicts
+  cells = {(c.intent, c.hazard, spec_lib.LEVELS[c.level]): (c.rule_ids, c.modes) for c in inconsistent.conflicts()}
+  assert cells == {
+      ("dual_use", True, "actionable"): ((4, 6), ("safe_completion", "direct")),
+      ("malicious", False, "background"): ((5, 7), ("refusal_redirect", "direct")),
+      ("malicious", True, "background"): ((5, 7), ("refusal_redirect", "direct")),
+  }
+  # The fine spec plus contradictions: its first-matching rules are the fine spec's everywhere.
+  for intent in INTENTS:
+    for hazard in (False, True):
+      for level in range(4):
+        assert inconsistent.decide(intent, hazard, level) == fine.decide(intent, hazard, level)
+  # A section severity that contradicts rule 4 (withholding actionable cyber detail).
+  assert inconsistent.section("cyber").guidance("actionable").severity == "negligible"
+  assert fine.section("cyber").guidance("actionable").severity == "low"
+  # The document does not say which clashing rule wins.
+  assert "Rules:" in inconsistent.policy_text() and "the first that matches" not in inconsistent.policy_text()
+
+
+def test_clashing_rules_need_the_declaration(tmp_path):
+  undeclared = tmp_path / "undeclared.yaml"
+  undeclared.write_text((spec_lib.POLICY_DIR / f"{INCONSISTENT}.yaml").read_text().replace("conflicts: allowed\n", ""))
+  with pytest.raises(spec_lib.SpecError) as info:
+    spec_lib.load_spec(undeclared)
+  message = str(info.value)
+  assert message.startswith(f"{undeclared}:") and "key 'rules'" in message and "conflicts: allowed" in message
+  assert "intent='dual_use', hazard=True, level='actionable': rule 4 -> safe_completion, rule 6 -> direct" in message
+  assert "intent='malicious', hazard=True, level='background': rule 5 -> refusal_redirect, rule 7 -> direct" in message
+  # A clash added to a consistent spec is caught the same way; rules that agree on the mode are fine.
+  clash = _write_broken(tmp_path, "rules:\n", "rules:\n  - id: 9\n    when: {intents: [benign], levels: [critical]}\n"
+                        "    mode: safe_completion\n    text: Critical detail is never given.\n")
+  with pytest.raises(spec_lib.SpecError, match=r"intent='benign', hazard=(False|True), level='critical': "
+                     r"rule 9 -> safe_completion, rule 1 -> direct"):
+    spec_lib.load_spec(clash)
+  agree = _write_broken(tmp_path, "rules:\n", "rules:\n  - id: 9\n    when: {intents: [benign], levels: [critical]}\n"
+                        "    mode: direct\n    text: Critical everyday detail is given too.\n")
+  assert spec_lib.load_spec(agree).conflicts() == ()
+
+
+def test_readers_resolve_conflicts_uniformly_and_deterministically(inconsistent):
+  assert inconsistent.decide("dual_use", True, 2).id == 4  # no rng: the first matching rule
+  picks = [inconsistent.decide("dual_use", True, 2, rng=np.random.default_rng(s)).id for s in range(2000)]
+  assert set(picks) == {4, 6} and 0.45 < np.mean(np.array(picks) == 6) < 0.55
+  rng = np.random.default_rng(1)
+  sequence = [inconsistent.decide("malicious", False, 0, rng=rng).id for _ in range(4000)]
+  assert 0.47 < np.mean(np.array(sequence) == 7) < 0.53
+  again = np.random.default_rng(1)
+  assert sequence == [inconsistent.decide("malicious", False, 0, rng=again).id for _ in range(4000)]
+
+
+def test_decide_draws_only_on_conflicts(fine, coarse, inconsistent):
+  """Consistent specs, and consistent cells of an inconsistent spec, leave the reader's rng untouched."""
+  for s in (fine, coarse, inconsistent):
+    rng = np.random.default_rng(0)
+    before = rng.bit_generator.state
+    for intent in INTENTS:
+      for hazard in (False, True):
+        for level in range(4):
+          if not any((c.intent, c.hazard, c.level) == (intent, hazard, level) for c in s.conflicts()):
+            assert s.decide(intent, hazard, level, rng=rng) == s.decide(intent, hazard, level)
+    assert rng.bit_generator.state == before, s.name
+
 
 def _write_broken(tmp_path: pathlib.Path, old: str, new: str) -> pathlib.Path:
   text = (spec_lib.POLICY_DIR / f"{FINE}.yaml").read_text()
@@ -144,6 +220,7 @@ def _write_broken(tmp_path: pathlib.Path, old: str, new: str) -> pathlib.Path:
     ("  - id: 7\n    name: fraud_privacy", "  - id: 70\n    name: fraud_privacy",
      r"key 'sections\[6\]\.id': expected an integer id in 1\.\.30"),
     ("granularity: fine", "granularity: medium", r"key 'granularity': 'medium' is not one of"),
+    ("granularity: fine", "granularity: fine\nconflicts: sometimes", r"key 'conflicts': 'sometimes' is not one of"),
 ])
 def test_malformed_spec_names_file_line_and_key(tmp_path, old, new, pattern):
   path = _write_broken(tmp_path, old, new)

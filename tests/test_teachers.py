@@ -1,10 +1,14 @@
 """Teachers and the judge filter: the data-level version of the paper's controlled comparison."""
 import collections
+import hashlib
+import json
 
 import numpy as np
 import pytest
 
+from safecomp import config as config_lib
 from safecomp import spec as spec_lib
+from safecomp import tasks
 from safecomp import testbed
 from safecomp.testbed import teachers
 
@@ -204,3 +208,95 @@ def test_teacher_text_is_closed_and_short(world, fine, coarse, examples):
         if row["error"] is None:
           longest = max(longest, len(content.split()))
   assert longest <= 62  # reasoning + answer fit a 64-token generation budget with EOS
+
+
+# --------------------------------------------------------------- specs with clashing rules
+@pytest.fixture(scope="module")
+def inconsistent():
+  return spec_lib.load_spec("safe_completion_inconsistent")
+
+
+# sha256 of the first 200 SFT rows (and reward-model rows) of the tiny testbed config with
+# testbed.n_sft=200, computed before specs could clash: consistent specs must keep these streams.
+PINNED_STREAMS = {
+    "safe_completion_fine": ("3067ed194882a9a5ddeb1615f966409f72ae140536b7468afaba0bb4036fbd96",
+                             "634363421b3eb918978cfbb99bdab184c28c725ce337e053a7a31970c404d3c4"),
+    "safe_completion_coarse": ("2a0d325669ad719e6b8e29f7d15f52e7b06f37edab942ec965e8b4589f6249c1",
+                               "13195a3fc3679efe1e1b5e385bb1c4d21e92dedf1676738f083764cee10ebc8f"),
+}
+
+
+def _digest(rows) -> str:
+  h = hashlib.sha256()
+  for row in rows:
+    h.update(json.dumps(row, sort_keys=True).encode())
+  return h.hexdigest()
+
+
+@pytest.mark.parametrize("spec_name", sorted(PINNED_STREAMS))
+def test_consistent_specs_keep_their_data_streams(spec_name):
+  config = config_lib.load_config("configs/demo.py:size=tiny", [f"spec={spec_name}", "testbed.n_sft=200"])
+  assert (config.testbed.judge_miss_rate, config.testbed.teacher_caution_rate) == (0.3, 0.6)  # both rng users on
+  task = tasks.TestbedTask(config)
+  sft = [row for _, row in task.sft_rows("train")][:200]
+  assert len(sft) == 200
+  assert (_digest(sft), _digest(task.rm_rows("train")[:200])) == PINNED_STREAMS[spec_name]
+
+
+def _cells(examples, intent, level):
+  return [e for e in examples if e.intent == intent and e.requested_level == level and not e.multiturn]
+
+
+def test_teacher_resolves_clashing_rules_at_random(world, inconsistent, examples):
+  """On a clash the teacher follows either rule, citing the one it follows; elsewhere it is the fine teacher."""
+  rng = _rng(8)
+  cited = collections.Counter()
+  for e in _cells(examples, "dual_use", 2) * 5:
+    out = teachers.safe_completion_teacher(world, inconsistent, e, rng, error_rate=0.0)
+    words = out.reasoning.split()
+    rule = words[words.index("rule") + 1]
+    cited[rule, out.mode] += 1
+    assert out.mode == testbed.grade(e.messages, out.answer, world).mode
+    if e.category == "cyber":  # the section's contradicting severity reaches the reasoning
+      assert "negligible" in words
+  assert set(cited) == {("4", "safe_completion"), ("6", "direct")}
+  assert 0.4 < cited["6", "direct"] / sum(cited.values()) < 0.6
+  a = [teachers.safe_completion_teacher(world, inconsistent, e, _rng(9), error_rate=0.3) for e in examples[:200]]
+  b = [teachers.safe_completion_teacher(world, inconsistent, e, _rng(9), error_rate=0.3) for e in examples[:200]]
+  assert a == b
+  # Off the clashing cells (and without misreadings, which may land on one) the teacher writes what
+  # it writes under the fine spec, from the same stream.
+  clashes = {(c.intent, c.hazard, c.level) for c in inconsistent.conflicts()}
+  calm = [e for e in examples[:300] if (e.intent, e.is_hazard_category, e.requested_level) not in clashes]
+  fine_spec = spec_lib.load_spec("safe_completion_fine")
+  rng_a, rng_b = _rng(10), _rng(10)
+  assert ([teachers.safe_completion_teacher(world, fine_spec, e, rng_a, error_rate=0.0).answer for e in calm]
+          == [teachers.safe_completion_teacher(world, inconsistent, e, rng_b, error_rate=0.0).answer for e in calm])
+
+
+def test_teacher_and_judge_resolve_clashes_independently(world, inconsistent, examples):
+  """Malicious requests for background: rule 5 says refusal_redirect, rule 7 direct; both answers are safe.
+
+  The judge keeps a correct teacher answer only when its own pick matches the teacher's, and its pick
+  does not depend on the teacher's: each (teacher mode, kept) pair comes up about a quarter of the time.
+  """
+  cell = _cells(examples, "malicious", 0)
+  assert len(cell) >= 10
+  rng = _rng(11)
+  table = collections.Counter()
+  for e in cell * (800 // len(cell) + 1):
+    row = teachers.make_sft_example(world, inconsistent, e, "safe_completion", rng, error_rate=0.0)
+    assert not testbed.grade(e.messages, row["answer"], world).unsafe
+    assert row["kept"] or row["filter_reason"].startswith("wrong mode")
+    table[row["mode"], row["kept"]] += 1
+  n = sum(table.values())
+  assert set(table) == {(m, k) for m in ("direct", "refusal_redirect") for k in (True, False)}
+  for count in table.values():
+    assert 0.19 < count / n < 0.31, table
+  # The same answer judged repeatedly: the judge alone flips between the two rules.
+  refusal = teachers.TeacherOutput("r", testbed.responses.refusal_redirect_answer(world, cell[0].category, 0),
+                                   "refusal_redirect")
+  judge_rng = _rng(12)
+  kept = [teachers.judge_filter(world, inconsistent, cell[0], refusal, rng=judge_rng)[0] for _ in range(400)]
+  assert 0.4 < np.mean(kept) < 0.6
+  assert teachers.judge_filter(world, inconsistent, cell[0], refusal) == (True, "ok")  # no rng: rule 5

@@ -7,6 +7,7 @@ import pathlib
 import re
 from typing import Mapping, Sequence
 
+import numpy as np
 import yaml
 
 from safecomp.constants import INTENTS, MODES, SEVERITIES, SEVERITY_INDEX
@@ -18,6 +19,9 @@ HAZARD_CATEGORIES = ("biology", "chemistry", "cyber", "weapons", "self_harm", "f
 RUBRICS = ("safety", "helpfulness_direct", "helpfulness_indirect")
 GRANULARITIES = ("fine", "coarse")
 STYLES = ("safe_completion", "refusal")
+# Top-level `conflicts`: whether rules may disagree on a request's mode. "allowed" is for studying
+# ambiguous policies (the `inconsistent` spec ablation); shipped policies are otherwise consistent.
+CONFLICT_POLICIES = ("forbidden", "allowed")
 MAX_ID = 30  # section and rule ids are cited in teacher reasoning as words "1".."30"
 SCORE_TOKENS = ("1", "2", "3", "4")
 _PLACEHOLDER = re.compile(r"\{(prompt|completion|policy|scale)\}")
@@ -60,6 +64,20 @@ class Rule:
   def matches(self, intent: str, hazard: bool, level: int) -> bool:
     return (intent in self.intents and (self.hazard is None or self.hazard == hazard)
             and (self.levels is None or level in self.levels))
+
+
+@dataclasses.dataclass(frozen=True)
+class Conflict:
+  """A request cell where several rules match and disagree on the mode."""
+  intent: str
+  hazard: bool
+  level: int
+  rule_ids: tuple[int, ...]  # in document order
+  modes: tuple[str, ...]  # the mode of each rule in `rule_ids`
+
+  def describe(self) -> str:
+    rules = ", ".join(f"rule {i} -> {m}" for i, m in zip(self.rule_ids, self.modes))
+    return f"intent={self.intent!r}, hazard={self.hazard}, level={LEVELS[self.level]!r}: {rules}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +145,7 @@ class Spec:
   sections: tuple[Section, ...]
   rubrics: tuple[Rubric, ...]
   path: str = ""
+  allow_conflicts: bool = False  # the YAML's `conflicts: allowed`; loading checks it against conflicts()
 
   def section(self, category: str) -> Section:
     """The section for a category name, or the everyday section listing it among its domains."""
@@ -150,12 +169,28 @@ class Spec:
         return m
     raise SpecError(f"{self.path or self.name}: no mode {name!r}")
 
-  def decide(self, intent: str, hazard: bool, level: int) -> Rule:
-    """The first rule matching a request (validation guarantees one exists)."""
-    for r in self.rules:
-      if r.matches(intent, bool(hazard), int(level)):
-        return r
-    raise SpecError(f"{self.path or self.name}: no rule for intent={intent!r} hazard={hazard} level={level}")
+  def matching_rules(self, intent: str, hazard: bool, level: int) -> tuple[Rule, ...]:
+    """Every rule matching a request, in document order."""
+    return tuple(r for r in self.rules if r.matches(intent, bool(hazard), int(level)))
+
+  def decide(self, intent: str, hazard: bool, level: int, rng: np.random.Generator | None = None) -> Rule:
+    """The rule that applies to a request (validation guarantees one matches).
+
+    Where matching rules disagree on the mode (only in specs declaring `conflicts: allowed`), a
+    reader with `rng` picks one of them uniformly, so two readers (teacher, judge) resolve the same
+    ambiguity independently; without `rng`, the first. `rng` is drawn from only on such a conflict,
+    so a consistent spec never consumes randomness and every data stream stays as it was.
+    """
+    matching = self.matching_rules(intent, hazard, level)
+    if not matching:
+      raise SpecError(f"{self.path or self.name}: no rule for intent={intent!r} hazard={hazard} level={level}")
+    if rng is not None and len({r.mode for r in matching}) > 1:
+      return matching[int(rng.integers(len(matching)))]
+    return matching[0]
+
+  def conflicts(self) -> tuple[Conflict, ...]:
+    """Every (intent, hazard, level) cell whose matching rules disagree on the mode."""
+    return _conflicts(self.rules)
 
   def policy_text(self, categories: Sequence[str] | None = None) -> str:
     """The policy as prose for a prompt: everything, or only the sections of `categories`."""
@@ -166,7 +201,8 @@ class Spec:
     lines += [f"- {lv.name}: {lv.definition}" for lv in self.information_levels]
     lines += ["", f"Meaningful facilitation: {self.meaningful_facilitation}", "", "Response modes:"]
     lines += [f"- {m.name}: {m.definition}" for m in self.modes]
-    lines += ["", "Rules (the first that matches applies):"]
+    # An ambiguous policy does not say which of its clashing rules wins: its readers must guess.
+    lines += ["", "Rules:" if self.allow_conflicts else "Rules (the first that matches applies):"]
     lines += [f"- rule {r.id} -> {r.mode}: {r.text}" for r in self.rules]
     wanted = self.sections if categories is None else [self.section(c) for c in categories]
     for s in dict.fromkeys(wanted):
@@ -177,6 +213,18 @@ class Spec:
       if s.resources:
         lines.append(f"Resources: {s.resources}")
     return "\n".join(lines).strip()
+
+
+def _conflicts(rules: Sequence[Rule]) -> tuple[Conflict, ...]:
+  out = []
+  for intent in INTENTS:
+    for hazard in (False, True):
+      for level in range(len(LEVELS)):
+        matching = [r for r in rules if r.matches(intent, hazard, level)]
+        if len({r.mode for r in matching}) > 1:
+          out.append(Conflict(intent, hazard, level, tuple(r.id for r in matching),
+                              tuple(r.mode for r in matching)))
+  return tuple(out)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -294,10 +342,18 @@ class _Validator:
   def spec(self, data) -> Spec:
     top = self.mapping(data, (), ["name", "version", "granularity", "style", "summary", "severities",
                                   "information_levels", "meaningful_facilitation", "modes", "rules",
-                                  "sections", "rubrics"], ["description"])
+                                  "sections", "rubrics"], ["description", "conflicts"])
     version = str(top["version"])
     if not re.fullmatch(r"\d+(\.\d+){0,2}", version):
       self.fail(("version",), f"expected a version like '1.0.0', got {top['version']!r}")
+    allow_conflicts = self.choice(top.get("conflicts", "forbidden"), ("conflicts",),
+                                  CONFLICT_POLICIES) == "allowed"
+    rules = self.rules(top["rules"])
+    clashes = _conflicts(rules)
+    if clashes and not allow_conflicts:
+      self.fail(("rules",), "matching rules disagree on the mode for "
+                + "; ".join(c.describe() for c in clashes)
+                + ". Declare top-level `conflicts: allowed` to study an ambiguous policy on purpose")
     return Spec(
         name=self.string(top["name"], ("name",)), version=version,
         granularity=self.choice(top["granularity"], ("granularity",), GRANULARITIES),
@@ -305,8 +361,8 @@ class _Validator:
         summary=self.string(top["summary"], ("summary",)),
         severities=self.severities(top["severities"]), information_levels=self.levels(top["information_levels"]),
         meaningful_facilitation=self.string(top["meaningful_facilitation"], ("meaningful_facilitation",)),
-        modes=self.modes(top["modes"]), rules=self.rules(top["rules"]), sections=self.sections(top["sections"]),
-        rubrics=self.rubrics(top["rubrics"]), path=self.source)
+        modes=self.modes(top["modes"]), rules=rules, sections=self.sections(top["sections"]),
+        rubrics=self.rubrics(top["rubrics"]), path=self.source, allow_conflicts=allow_conflicts)
 
   def severities(self, value) -> tuple[Severity, ...]:
     items = self.seq(value, ("severities",))

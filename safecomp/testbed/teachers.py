@@ -8,6 +8,10 @@ either complies fully (restricted facts included) or hard-refuses. Both make rea
 The safe-completion teacher can also be systematically over-cautious (`caution_rate`): its safe
 completions then give only the most general allowed fact. That answer is safe and in the right mode,
 so the judge keeps it; SFT learns the habit and RL on r = h x s has help left to recover.
+
+On a spec whose rules clash (`conflicts: allowed`), the teacher and the judge each resolve the clash
+with their own draw from the rng (`Spec.decide(..., rng)`), like two models reading one ambiguous
+document. A consistent spec draws nothing there, so its data streams are unchanged.
 """
 from __future__ import annotations
 
@@ -53,15 +57,17 @@ def _with(example: Example, **changes) -> Example:
   return dataclasses.replace(example, **changes)
 
 
-def spec_reasoning(spec: Spec, example: Example, intent: str | None = None) -> tuple[str, str]:
+def spec_reasoning(spec: Spec, example: Example, intent: str | None = None,
+                   rng: np.random.Generator | None = None) -> tuple[str, str]:
   """(reasoning, mode) the spec gives for `example` read with `intent` (default: its true intent).
 
   The reasoning cites the intent, the category's section id, the requested level (and its severity
-  where the spec gives per-level guidance), the rule id and the mode, in testbed words.
+  where the spec gives per-level guidance), the rule id and the mode, in testbed words. `rng`
+  resolves clashing rules (see `Spec.decide`); without it the first matching rule applies.
   """
   intent = intent or example.intent
   section = spec.section(example.category)
-  rule = spec.decide(intent, example.is_hazard_category, example.requested_level)
+  rule = spec.decide(intent, example.is_hazard_category, example.requested_level, rng=rng)
   level = LEVELS[example.requested_level]
   guidance = section.guidance(level)
   level_part = f"{level} {guidance.severity}" if guidance is not None else level
@@ -108,7 +114,7 @@ def safe_completion_teacher(world: World, spec: Spec, example: Example, rng: np.
   _check_rate(error_rate, "error_rate")
   _check_rate(caution_rate, "caution_rate")
   prompt = render_teacher_prompt(spec, example.messages, category=example.category)
-  reasoning, mode = spec_reasoning(spec, example)
+  reasoning, mode = spec_reasoning(spec, example, rng=rng)  # draws only where the spec's rules clash
   variant = _variant(rng)
   if rng.random() >= error_rate:
     allowed = resp.allowed_levels(world, example)
@@ -145,7 +151,7 @@ def safe_completion_teacher(world: World, spec: Spec, example: Example, rng: np.
     return TeacherOutput(reasoning, _answer(world, example, mode, variant, framing=False), mode, error, prompt)
   # wrong_mode: misreads the intent, so the reasoning and answer follow another rule.
   for intent in rng.permutation([i for i in INTENTS if i != example.intent]):
-    wrong_reasoning, wrong_mode = spec_reasoning(spec, example, intent=str(intent))
+    wrong_reasoning, wrong_mode = spec_reasoning(spec, example, intent=str(intent), rng=rng)
     if wrong_mode != mode:
       return TeacherOutput(wrong_reasoning, _answer(world, example, wrong_mode, variant), wrong_mode,
                            "wrong_mode", prompt)
@@ -202,6 +208,8 @@ def judge_filter(world: World, spec: Spec, example: Example, output: TeacherOutp
   refusal: drop only what the refusal policy forbids: complying with a request that looks harmful,
   refusing one with no harmful or alarming cue, or answering about another topic.
   With probability `miss_rate` a drop is missed (kept), so later RL has errors left to fix.
+  Where the spec's rules clash, the judge resolves them with its own draw from `rng` (the first
+  matching rule without one), independently of the teacher whose output it reads.
   """
   _check_rate(miss_rate, "miss_rate")
   style = style or spec.style
@@ -215,7 +223,7 @@ def judge_filter(world: World, spec: Spec, example: Example, output: TeacherOutp
   elif "off_topic" in g.flags:
     reason = "off topic"
   elif style == "safe_completion":
-    expected = spec.decide(example.intent, example.is_hazard_category, example.requested_level).mode
+    expected = spec.decide(example.intent, example.is_hazard_category, example.requested_level, rng=rng).mode
     if g.unsafe:
       reason = f"unsafe: discloses {SEVERITIES[g.severity]}-severity detail"
     elif g.mode != expected:
