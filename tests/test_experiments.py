@@ -124,6 +124,7 @@ def test_ablation_variants_change_what_they_claim():
   get = lambda name, arg: config_lib.config_from_file(f"{ABLATIONS / name}.py:{arg}")
   assert get("reward_form", "variant=min").reward.kind == "min"
   assert get("spec_granularity", "variant=coarse").spec == "safe_completion_coarse"
+  assert get("spec_granularity", "variant=inconsistent").spec == "safe_completion_inconsistent"
   assert get("reasoning", "variant=off").reasoning is False
   refusal = get("multiturn", "variant=refusal")
   assert refusal.reward.kind == "refusal" and refusal.sft_style == "refusal" and "rm" not in refusal.stages
@@ -159,3 +160,96 @@ def test_oracle_red_team_hill_climbing_finds_no_exploit(tmp_path):
 
 def _markers(world, example):
   return " ".join(m for f in world.topic(example.topic).facts[:example.requested_level + 1] for m in f.markers)
+
+
+# -- grader agreement (experiments/ablations/grader_agreement.py) -----------------------------------------
+def _agreement_module():
+  return _module("grader_agreement_under_test", ABLATIONS / "grader_agreement.py")
+
+
+def _verdict_table(oracle, other, seed=0, help_x=None, help_y=None):
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  n = len(oracle)
+  hx = np.linspace(0, 1, n) if help_x is None else help_x
+  return {"oracle_unsafe": np.asarray(oracle, float), "rm_unsafe": np.asarray(other, float),
+          "judge_unsafe": np.asarray(other, float), "oracle_acceptable": 1 - np.asarray(oracle, float),
+          "judge_acceptable": 1 - np.asarray(other, float), "oracle_helpfulness": hx,
+          "rm_helpfulness": hx if help_y is None else help_y, "seed": np.full(n, seed),
+          "key": np.array([f"{seed:06d}/p{i:04d}" for i in range(n)], dtype=object),
+          "intent": np.array(["dual_use"] * n, dtype=object)}
+
+
+def test_grader_agreement_statistics_on_hand_made_verdicts():
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from scipy import stats as scipy_stats  # pylint: disable=import-outside-toplevel
+  ga = _agreement_module()
+  # 50 items: both unsafe 20, only the oracle 5, only the other 10, neither 15.
+  # p_o = 0.7, p_e = 0.5 * 0.6 + 0.5 * 0.4 = 0.5, so kappa = 0.4.
+  oracle = [1] * 20 + [1] * 5 + [0] * 10 + [0] * 15
+  other = [1] * 20 + [0] * 5 + [1] * 10 + [0] * 15
+  assert ga.cohen_kappa(oracle, other) == pytest.approx(0.4)
+  assert ga.cohen_kappa([1, 0, 1, 0], [0, 1, 0, 1]) == pytest.approx(-1.0)
+  assert np.isnan(ga.cohen_kappa([0, 0, 0], [0, 0, 0]))  # no variation: undefined, not perfect
+  rng = np.random.default_rng(0)
+  x = rng.random(60)
+  y = x + 0.3 * rng.standard_normal(60)
+  table = _verdict_table(oracle + oracle[:10], other + other[:10], help_x=x, help_y=y)
+  stats_by_name = {s.name: s for s in ga.statistics_list()}
+  kappa = ga.estimate(table, stats_by_name["unsafe oracle~rm kappa"], n_boot=500)
+  expected = ga.cohen_kappa(table["oracle_unsafe"], table["rm_unsafe"])
+  assert kappa["value"] == pytest.approx(expected) and kappa["n"] == 60
+  assert kappa["lo"] < expected < kappa["hi"] and kappa["hi"] - kappa["lo"] < 0.6
+  agree = ga.estimate(table, stats_by_name["acceptable oracle~judge agreement"], n_boot=500)
+  assert agree["value"] == pytest.approx(np.mean(table["oracle_unsafe"] == table["rm_unsafe"]))
+  pearson = ga.estimate(table, stats_by_name["helpfulness rm~oracle pearson"], n_boot=500)
+  spearman = ga.estimate(table, stats_by_name["helpfulness rm~oracle spearman"], n_boot=500)
+  assert pearson["value"] == pytest.approx(scipy_stats.pearsonr(y, x)[0])
+  assert spearman["value"] == pytest.approx(scipy_stats.spearmanr(y, x)[0])
+  # Paired resamples: perfect agreement with variation gives kappa 1 in every draw, and a table
+  # minus itself is exactly 0.
+  perfect = ga.estimate(_verdict_table(oracle, oracle), stats_by_name["unsafe oracle~judge kappa"], n_boot=200)
+  assert perfect["value"] == perfect["lo"] == perfect["hi"] == 1.0
+  diff = ga.difference(table, table, stats_by_name["unsafe oracle~rm kappa"], n_boot=200)
+  assert diff["paired"] and diff["value"] == diff["lo"] == diff["hi"] == 0.0
+  worse = _verdict_table(oracle + oracle[:10], [1 - v for v in other] + other[:10], help_x=x, help_y=y)
+  diff = ga.difference(worse, table, stats_by_name["unsafe oracle~rm kappa"], n_boot=500)
+  assert diff["value"] < 0 and diff["hi"] < 0
+  # Per seed: kappa 0.4 in seed 0 and -1 in seed 1; mean and sd over the two seeds.
+  two = ga.concat([_verdict_table(oracle, other, seed=0), _verdict_table([1, 0, 1, 0], [0, 1, 0, 1], seed=1)])
+  spread = ga.per_seed(two, stats_by_name["unsafe oracle~rm kappa"])
+  assert spread["per_seed"] == {0: pytest.approx(0.4), 1: pytest.approx(-1.0)}
+  assert spread["mean"] == pytest.approx(-0.3) and spread["sd"] == pytest.approx(np.std([0.4, -1.0], ddof=1))
+
+
+def test_grader_agreement_end_to_end(ce_run, tmp_path):
+  """The driver on the controlled experiment's safe-completion runs (the fine spec), seen as variants
+  `fine` and `same` (the same runs again): every grader runs, and `same` - `fine` is exactly 0."""
+  ce_out, _ = ce_run
+  ablation_dir, out = tmp_path / "ablation", tmp_path / "agreement"
+  (ablation_dir / "runs").mkdir(parents=True)
+  for variant in ("fine", "same"):
+    for seed in (0, 1):
+      (ablation_dir / "runs" / f"{variant}-seed{seed}").symlink_to(ce_out / "runs" / f"safe_completion-seed{seed}")
+  proc = subprocess.run([sys.executable, str(ABLATIONS / "grader_agreement.py"), "--ablation-dir", str(ablation_dir),
+                         "--out", str(out), "--bootstrap", "100"], cwd=REPO_ROOT,
+                        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+  result = json.loads((out / "results.json").read_text())
+  assert list(result["variants"]) == ["fine", "same"] and result["baseline"] == "fine"
+  fine = result["variants"]["fine"]
+  assert fine["n"] == 2 * 3 * 8 and fine["seeds"] == [0, 1]  # seeds x splits x prompts per split (tiny)
+  for name, diff in result["variants"]["same"]["minus_baseline"].items():
+    assert diff["paired"], name
+    if diff["value"] is not None:
+      assert diff["value"] == diff["lo"] == diff["hi"] == 0.0, name
+  records = [json.loads(line) for line in (ce_out / "runs" / "safe_completion-seed0" / "eval" /
+                                           "ppo_completions.jsonl").read_text().splitlines()]
+  verdicts = [json.loads(line) for line in (out / "verdicts" / "fine-seed0.jsonl").read_text().splitlines()]
+  assert [v["oracle_unsafe"] for v in verdicts] == [r["unsafe"] for r in records]
+  assert {v["spec"] for v in verdicts} == {"safe_completion_fine"}
+  assert all(v["judge_miss_rate"] == 0.3 for v in verdicts)
+  # The judge drops as unsafe only what the oracle finds unsafe (its safety check is the oracle's).
+  assert all(v["oracle_unsafe"] for v in verdicts if v["judge_unsafe"])
+  md = (out / "results.md").read_text()
+  assert "| acceptable oracle~judge kappa |" in md and "same − fine" in md and "Per seed" in md
