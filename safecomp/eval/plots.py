@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from safecomp.constants import MODES, SEVERITIES
 from safecomp.errors import SafecompError
@@ -50,16 +51,13 @@ def _group(summary: Mapping[str, Any], label: str) -> Mapping[str, Any]:
   return summary["overall"] if label == "overall" else summary.get("groups", {}).get(label, {})
 
 
-def plot_metric_by_group(summaries: Mapping[str, Mapping[str, Any]], metric: str,
-                         path: str | pathlib.Path, *, ylabel: str | None = None,
-                         ylim: tuple[float, float] | None = (0.0, 1.0)) -> pathlib.Path:
-  """Grouped bars of one scalar metric by group, one bar per model, with CI error bars."""
-  labels = _labels(summaries)
+def _metric_bars(ax, summaries: Mapping[str, Mapping[str, Any]], metric: str, *, ylabel: str | None,
+                 ylim: tuple[float, float] | None, labels: Sequence[str] | None = None):
+  """Grouped bars of one scalar metric on `ax`: one bar per model per group, with CI error bars."""
+  labels = list(labels) if labels is not None else _labels(summaries)
   models = list(summaries)
   x = np.arange(len(labels))
   width = 0.8 / max(1, len(models))
-  fig = _new_figure(1.6 + 1.2 * len(labels) * max(1, len(models)) ** 0.5, 3.6)
-  ax = fig.add_subplot()
   for k, model in enumerate(models):
     ests = [_group(summaries[model], label).get(metric) or {} for label in labels]
     values = np.array([_num(e.get("value")) for e in ests])
@@ -76,7 +74,37 @@ def plot_metric_by_group(summaries: Mapping[str, Mapping[str, Any]], metric: str
   ax.set_ylabel(ylabel or metric.replace("_", " "))
   if ylim is not None:
     ax.set_ylim(*ylim)
+
+
+def plot_metric_by_group(summaries: Mapping[str, Mapping[str, Any]], metric: str,
+                         path: str | pathlib.Path, *, ylabel: str | None = None,
+                         ylim: tuple[float, float] | None = (0.0, 1.0)) -> pathlib.Path:
+  """Grouped bars of one scalar metric by group, one bar per model, with CI error bars."""
+  labels = _labels(summaries)
+  fig = _new_figure(1.6 + 1.2 * len(labels) * max(1, len(summaries)) ** 0.5, 3.6)
+  ax = fig.add_subplot()
+  _metric_bars(ax, summaries, metric, ylabel=ylabel, ylim=ylim, labels=labels)
   ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def plot_metric_panels(summaries: Mapping[str, Mapping[str, Any]], metrics: Mapping[str, str],
+                       path: str | pathlib.Path, *, labels: Sequence[str] | None = None,
+                       ylim: tuple[float, float] | None = (0.0, 1.0), title: str | None = None) -> pathlib.Path:
+  """Side-by-side panels of `plot_metric_by_group` in one PNG, one per metric ({key: y label});
+  `labels` picks the groups (default every group, then overall)."""
+  if not metrics:
+    raise SafecompError("plot_metric_panels needs at least one metric")
+  labels = list(labels) if labels is not None else _labels(summaries)
+  panel_width = 1.6 + 1.2 * len(labels) * max(1, len(summaries)) ** 0.5
+  fig = _new_figure(panel_width * len(metrics), 3.8)
+  for i, (metric, ylabel) in enumerate(metrics.items()):
+    ax = fig.add_subplot(1, len(metrics), i + 1)
+    _metric_bars(ax, summaries, metric, ylabel=ylabel, ylim=ylim, labels=labels)
+    if i == 0:
+      ax.legend(fontsize=8)
+  if title:
+    fig.suptitle(title)
   return _save(fig, path)
 
 
@@ -84,7 +112,11 @@ def plot_distribution_by_group(summaries: Mapping[str, Mapping[str, Any]], key: 
                                categories: Sequence[str], path: str | pathlib.Path, *,
                                colors: Sequence[str] | None = None, title: str | None = None
                                ) -> pathlib.Path:
-  """Stacked bars of a distribution metric by group, one bar per model, with percent labels."""
+  """Stacked bars of a distribution metric by group, one bar per model, with percent labels.
+
+  Severities and modes get their fixed colours unless `colors` is given."""
+  if colors is None:
+    colors = {tuple(SEVERITIES): _SEVERITY_COLORS, tuple(MODES): _MODE_COLORS}.get(tuple(categories))
   labels = _labels(summaries)
   models = list(summaries)
   fig = _new_figure(2.4 + 0.6 * len(labels) * len(models), 4.4)
@@ -166,3 +198,62 @@ def plot_summaries(summaries: Mapping[str, Mapping[str, Any]], out_dir: str | pa
     paths.append(plot_metric_by_group(summaries, "over_refusal_rate", out / "over_refusal.png",
                                       ylabel="over-refusal rate (benign)"))
   return paths
+
+
+def plot_overoptimization(points: Mapping[str, Mapping[str, Sequence[float]]],
+                          fits: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                          path: str | pathlib.Path, *, title: str | None = None) -> pathlib.Path:
+  """Proxy and gold reward against sqrt(KL to the reference), the axes of Gao et al. (2023).
+
+  `points`: {series: {"d": sqrt KL, "proxy": ..., "gold": ...}}, one colour per series (gold filled,
+  proxy hollow); `fits`: {label: (d, fitted reward)} drawn as lines over the pooled points.
+  """
+  if not points:
+    raise SafecompError("plot_overoptimization needs at least one series of points")
+  fig = _new_figure(7.2, 4.4)
+  ax = fig.add_subplot()
+  colors = [f"C{i}" for i in range(10)]
+  for i, (name, p) in enumerate(points.items()):
+    d, proxy, gold = (np.asarray(p[k], dtype=float) for k in ("d", "proxy", "gold"))
+    if not d.shape == proxy.shape == gold.shape:
+      raise SafecompError(f"series '{name}': d, proxy and gold have shapes {d.shape}, {proxy.shape}, {gold.shape}")
+    color = colors[i % len(colors)]
+    ax.scatter(d, gold, s=14, color=color, label=f"{name} gold")
+    ax.scatter(d, proxy, s=14, facecolors="none", edgecolors=color, label=f"{name} proxy")
+  for k, (label, (d, y)) in enumerate(fits.items()):
+    ax.plot(np.asarray(d, dtype=float), np.asarray(y, dtype=float), color="black",
+            linestyle=("-", "--", ":")[k % 3], linewidth=1.5, label=label)
+  ax.set_xlabel("sqrt(KL to the reference), nats^0.5 per response")
+  ax.set_ylabel("reward of sampled responses")
+  if title:
+    ax.set_title(title, fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+  return _save(fig, path)
+
+
+def plot_bands(series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float], Sequence[float]]],
+               path: str | pathlib.Path, *, xlabel: str = "step", ylabel: str = "value",
+               title: str | None = None, ylim: tuple[float, float] | None = None) -> pathlib.Path:
+  """Lines of named (x, y, lo, hi) series, each with its interval as a shaded band and error bars."""
+  if not series:
+    raise SafecompError("plot_bands needs at least one series")
+  fig = _new_figure(6.0, 3.8)
+  ax = fig.add_subplot()
+  for name, columns in series.items():
+    xs, ys, lo, hi = (np.asarray(c, dtype=float) for c in columns)
+    if not xs.ndim == 1 or not xs.shape == ys.shape == lo.shape == hi.shape:
+      raise SafecompError(f"series '{name}': x, y, lo and hi need equal 1-D shapes")
+    err = np.clip(np.vstack([np.nan_to_num(ys - lo), np.nan_to_num(hi - ys)]), 0.0, None)
+    line = ax.errorbar(xs, ys, yerr=err, label=name, marker="o", capsize=3)
+    ax.fill_between(xs, lo, hi, alpha=0.15, color=line[0].get_color())
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # turns, steps: no fractional ticks
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if ylim is not None:
+    ax.set_ylim(*ylim)
+  if title:
+    ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return _save(fig, path)

@@ -23,6 +23,8 @@ flags for degenerate or grader-addressed text. `ideal_response` / `intended_mode
 policy, and `teachers` writes SFT data in the safe-completion or refusal style. Text is lower-case
 words and punctuation separated by spaces, over a closed vocabulary (`World.vocabulary()`).
 """
+from safecomp.testbed.attacker import (AttackAnswer, AttackState, AttackTarget, AttackTurn, draw_targets, fit_history,
+                                       next_turn, play_attacks)
 from safecomp.testbed.candidates import CANDIDATE_SOURCES, make_candidate
 from safecomp.testbed.examples import SPLITS, Example, generate_examples
 from safecomp.testbed.oracle import (FLAGS, OracleConfig, OracleGrade, clean_content, grade, grade_many,
@@ -34,8 +36,8 @@ from safecomp.testbed.teachers import (TeacherOutput, judge_filter, make_sft_exa
 from safecomp.testbed.world import Fact, Topic, World, WorldConfig, make_world, world_from_config
 
 __all__ = [
-    "CANDIDATE_SOURCES", "FLAGS", "HARD_REFUSAL", "SPLITS", "Example", "Fact", "OracleConfig", "OracleGrade", "PromptInfo",
-    "TeacherOutput", "Topic", "World", "WorldConfig", "clean_content", "generate_examples", "grade", "grade_many",
-    "ideal_response", "intended_mode", "judge_filter", "make_candidate", "make_sft_example", "make_world", "oracle_config_from", "parse_prompt",
+    "AttackAnswer", "AttackState", "AttackTarget", "AttackTurn", "CANDIDATE_SOURCES", "FLAGS", "HARD_REFUSAL", "SPLITS", "Example", "Fact", "OracleConfig", "OracleGrade", "PromptInfo",
+    "TeacherOutput", "Topic", "World", "WorldConfig", "clean_content", "draw_targets", "fit_history", "generate_examples", "grade", "grade_many",
+    "ideal_response", "intended_mode", "judge_filter", "make_candidate", "make_sft_example", "make_world", "next_turn", "oracle_config_from", "parse_prompt", "play_attacks",
     "refusal_teacher", "safe_completion_teacher", "strip_reasoning", "world_from_config",
 ]
