@@ -20,6 +20,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -153,13 +154,86 @@ def finished(run: Run) -> bool:
           and json.loads(saved.read_text()) == json.loads(config_lib.to_json(run.config)))
 
 
-def run_grid(runs: Sequence[Run], log: Callable[[str], None] = print) -> dict[str, float]:
-  """Trains every run not finished yet (each stage resumes from its checkpoint); returns seconds."""
+REUSED_FILE = "reused.json"  # in a run's workdir: which of its stages were copied from which run
+
+
+def _donor_prefix(config: dict, donor: pathlib.Path, stages: Sequence[str]) -> list[str]:
+  """The leading `stages` that `donor` (a workdir) finished with settings agreeing with `config`.
+
+  Agreement is the pipeline's own test for skipping a finished stage (`pipeline.config_differences` over
+  every key that can change the stage, and `pipeline.stale_reason`), so a copied stage is exactly one the
+  pipeline would have kept had it been trained in this workdir.
+  """
+  from safecomp.training import checkpoints, pipeline  # pylint: disable=import-outside-toplevel
+  prefix = []
+  for stage in stages:
+    done, recorded = donor / stage / checkpoints.DONE_FILE, donor / stage / checkpoints.CONFIG_FILE
+    if not (done.is_file() and recorded.is_file()):
+      break
+    record = json.loads(recorded.read_text())
+    if pipeline.config_differences(stage, record, config) or pipeline.stale_reason(stage, record, config):
+      break
+    prefix.append(stage)
+  return prefix
+
+
+def reuse_stages(run: Run, donors: Sequence[pathlib.Path], log: Callable[[str], None] = print) -> list[str]:
+  """Copies into `run`'s fresh workdir the finished stages of a run elsewhere trained with the same settings.
+
+  Experiments share stages: every ablation's baseline is the controlled experiment's safe-completion arm,
+  and a variant that changes only PPO keys (a KL sweep, 5x iterations) starts from the same SFT policy and
+  reward model. For each seed the donor runs (`<donor>/runs/*/`, same `seed`) are searched for the longest
+  leading run of stages that agree with `run.config`; those stage folders (with their metrics, TensorBoard
+  logs and the tokenizer) are copied, and `reused.json` names their source. The pipeline then checks them
+  again at start-up like any finished stage. A workdir that already holds a stage is left alone.
+  """
+  from safecomp.training import pipeline  # pylint: disable=import-outside-toplevel
+  if any((run.workdir / stage).exists() for stage in pipeline.STAGES):
+    return []
+  config = json.loads(config_lib.to_json(run.config))
+  stages = [s for s in pipeline.STAGES if s in config["stages"]]
+  best, best_prefix = None, []
+  for donor_dir in donors:
+    for donor in sorted(pathlib.Path(donor_dir).glob("runs/*/")):
+      saved = donor / "config.json"
+      if donor.resolve() == run.workdir.resolve() or not saved.is_file():
+        continue
+      if json.loads(saved.read_text()).get("seed") != config["seed"]:
+        continue
+      prefix = _donor_prefix(config, donor, stages)
+      if len(prefix) > len(best_prefix):
+        best, best_prefix = donor, prefix
+  if not best_prefix:
+    return []
+  run.workdir.mkdir(parents=True, exist_ok=True)
+  for stage in best_prefix:
+    shutil.copytree(best / stage, run.workdir / stage)
+    for extra in (pathlib.Path("metrics") / f"{stage}.jsonl", pathlib.Path("tensorboard") / stage):
+      if (best / extra).is_file():
+        (run.workdir / extra).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(best / extra, run.workdir / extra)
+      elif (best / extra).is_dir():
+        shutil.copytree(best / extra, run.workdir / extra)
+  if "sft" in best_prefix and (best / "tokenizer.json").is_file():
+    shutil.copy2(best / "tokenizer.json", run.workdir / "tokenizer.json")
+  (run.workdir / REUSED_FILE).write_text(json.dumps({s: str(best.resolve()) for s in best_prefix}, indent=1) + "\n")
+  log(f"{run.name} seed {run.seed}: stages {', '.join(best_prefix)} copied from {best} (same settings)")
+  return best_prefix
+
+
+def run_grid(runs: Sequence[Run], log: Callable[[str], None] = print,
+             reuse_from: Sequence[pathlib.Path] = ()) -> dict[str, float]:
+  """Trains every run not finished yet (each stage resumes from its checkpoint); returns seconds.
+
+  `reuse_from`: experiment folders whose finished stages a fresh run may copy (`reuse_stages`).
+  """
   # Config files import this module too; JAX and the training stack load only when runs are trained.
   from safecomp.training import pipeline  # pylint: disable=import-outside-toplevel
   seconds = {}
   for i, run in enumerate(runs, start=1):
     label = f"{run.name} seed {run.seed}"
+    if reuse_from:
+      reuse_stages(run, reuse_from, log)
     if finished(run):
       log(f"[{i}/{len(runs)}] {label}: finished in {run.workdir}; skipping")
       continue

@@ -32,7 +32,7 @@ from safecomp.config import load_module
 from safecomp.training import compilation
 
 HERE = pathlib.Path(__file__).resolve().parent
-ABLATIONS = ("reward_form", "spec_granularity", "reasoning", "multiturn", "long_training")
+ABLATIONS = ("reward_form", "spec_granularity", "reasoning", "multiturn", "long_training", "overoptimization")
 
 common = load_module(HERE / "common.py", "safecomp_experiments_common")
 
@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
   parser.add_argument("--report-only", action="store_true",
                       help="train nothing: tabulate the runs whose eval stage finished")
+  parser.add_argument("--reuse", default="",
+                      help="comma-separated experiment folders (e.g. the controlled experiment's --out) whose "
+                      "finished stages a fresh run copies when they were trained with the same settings")
   parser.add_argument("--compile-cache", default=None,
                       help="persistent XLA compilation cache directory (default: the runs' compile_cache_dir, "
                       "~/.cache/safecomp/jax; 'none' turns it off)")
@@ -182,6 +185,92 @@ def curves_analysis(runs, out: pathlib.Path) -> str:
           "seeds. Plots: " + ", ".join(f"`curves/{p.name}`" for p in written) + ".\n\n" + "\n".join(lines))
 
 
+# -- reward over-optimisation -----------------------------------------------------------------------------
+def _gold_points(run) -> list[dict]:
+  """(iteration, KL to the reference, proxy, gold) of the sampled responses every gold-graded iteration."""
+  from safecomp.training.metrics import read_metrics  # pylint: disable=import-outside-toplevel
+  rows = read_metrics(run.workdir / "metrics" / "ppo.jsonl")
+  return [{"step": int(r["step"]), "kl": float(r["kl_ref"]), "proxy": float(r["proxy_reward"]),
+           "gold": float(r["gold_reward"])} for r in rows
+          if all(isinstance(r.get(k), (int, float)) for k in ("kl_ref", "proxy_reward", "gold_reward"))]
+
+
+def _quadratic_fit(d, y, n_boot: int, seed: int = 0) -> dict:
+  """y = c + a d - b d^2 by least squares, with the d of its peak (a / 2b when b > 0) and a percentile
+  bootstrap interval of the peak over resampled points."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  d, y = np.asarray(d, dtype=float), np.asarray(y, dtype=float)
+
+  def fit(dd, yy):
+    coef, *_ = np.linalg.lstsq(np.stack([np.ones_like(dd), dd, -dd ** 2], axis=1), yy, rcond=None)
+    return coef
+
+  c, a, b = fit(d, y)
+  peak = float(a / (2 * b)) if b > 0 else float("inf")
+  rng = np.random.default_rng(seed)
+  peaks = []
+  for _ in range(n_boot):
+    idx = rng.integers(len(d), size=len(d))
+    _, ab, bb = fit(d[idx], y[idx])
+    peaks.append(ab / (2 * bb) if bb > 0 else np.inf)
+  # A resample whose fit has no peak counts as a peak at infinity, hence quantiles without interpolation.
+  lo, hi = (float(np.quantile(np.asarray(peaks), q, method="inverted_cdf")) for q in (0.025, 0.975))
+  return {"c": float(c), "a": float(a), "b": float(b), "peak_d": peak, "peak_d_lo": lo, "peak_d_hi": hi,
+          "n": int(len(d))}
+
+
+def overoptimization_analysis(runs, pooled: dict, out, n_boot: int) -> str:
+  """Proxy vs gold reward against sqrt(KL) for every run (one plot), fits, and a per-variant table."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from safecomp.eval import plots  # pylint: disable=import-outside-toplevel
+  by_variant: dict[str, list[dict]] = {}
+  for run in runs:
+    by_variant.setdefault(run.name, []).extend({**p, "seed": run.seed} for p in _gold_points(run))
+  points = {v: {"d": [np.sqrt(max(p["kl"], 0.0)) for p in ps], "proxy": [p["proxy"] for p in ps],
+                "gold": [p["gold"] for p in ps]} for v, ps in by_variant.items() if ps}
+  if not points:
+    raise SystemExit("no PPO run logged gold-graded iterations (metrics/ppo.jsonl has no gold_reward)")
+  d_all = np.concatenate([np.asarray(p["d"]) for p in points.values()])
+  fits = {k: _quadratic_fit(d_all, np.concatenate([np.asarray(p[k]) for p in points.values()]), n_boot)
+          for k in ("proxy", "gold")}
+  grid = np.linspace(0.0, float(d_all.max()), 100)
+  curves = {f"{k} fit: {f['c']:.3f} {f['a']:+.3f} d {-f['b']:+.3f} d^2": (grid, f["c"] + f["a"] * grid - f["b"] * grid ** 2)
+            for k, f in fits.items()}
+  path = plots.plot_overoptimization(points, curves, out / "overoptimization.png",
+                                     title="Proxy (reward model) vs gold (oracle) reward over KL, all runs")
+  lines = ["| variant | seeds | KL at end (nats) | proxy at end | gold at end | proxy − gold | eval gold reward "
+           "(greedy) | eval proxy reward (greedy) |", "|---|---|---|---|---|---|---|---|"]
+  for variant, ps in by_variant.items():
+    seeds = sorted({p["seed"] for p in ps})
+    # The end of a run: its last three gold-graded iterations (sampled rewards are noisy per batch).
+    ends = [sorted((p for p in ps if p["seed"] == s), key=lambda p: p["step"])[-3:] for s in seeds]
+    per_seed = {k: [float(np.mean([p[k] for p in e])) for e in ends] for k in ("kl", "proxy", "gold")}
+    gap = [pr - g for pr, g in zip(per_seed["proxy"], per_seed["gold"])]
+
+    def cell(values):
+      sd = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
+      return f"{np.mean(values):.3f}{sd}"
+
+    records = pooled.get(f"{variant}/ppo", [])
+    eval_gold = common._fmt(common.stats.mean_ci([r["gold_reward"] for r in records], n_boot=n_boot).to_dict())  # pylint: disable=protected-access
+    eval_proxy = common._fmt(common.stats.mean_ci(  # pylint: disable=protected-access
+        [r["proxy_reward"] for r in records if r.get("proxy_reward") is not None], n_boot=n_boot).to_dict())
+    lines.append(f"| {variant} | {','.join(map(str, seeds))} | {cell(per_seed['kl'])} | {cell(per_seed['proxy'])} | "
+                 f"{cell(per_seed['gold'])} | {cell(gap)} | {eval_gold} | {eval_proxy} |")
+  fit_lines = ["| reward | c | a | b | peak at d = sqrt(KL) [95% CI] | points |", "|---|---|---|---|---|---|"]
+  for k, f in fits.items():
+    peak = (f"{f['peak_d']:.2f} [{f['peak_d_lo']:.2f}, {f['peak_d_hi']:.2f}]" if np.isfinite(f["peak_d"])
+            else "none in the fit (b <= 0)")
+    fit_lines.append(f"| {k} | {f['c']:.3f} | {f['a']:.3f} | {f['b']:.3f} | {peak} | {f['n']} |")
+  return ("Every gold-graded PPO iteration of every run is one point: the mean proxy reward (the reward "
+          "model's r = h x s) and gold reward (the oracle's) of that iteration's sampled responses "
+          "(temperature 1), against the square root of their mean KL to the reference (k1, summed over the "
+          "response). End values are the mean of each run's last three gold-graded iterations, ± sd over "
+          f"seeds. Plot: `{path.name}`.\n\n" + "\n".join(lines)
+          + "\n\nQuadratic fits over all points pooled (bootstrap over points for the peak):\n\n"
+          + "\n".join(fit_lines))
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   module = ablation_module(args.ablation)
@@ -204,7 +293,11 @@ def main(argv=None) -> int:
     runs, seconds = common.finished_only(runs), {}
     seeds = sorted({r.seed for r in runs})
   else:
-    seconds = common.run_grid(runs)
+    donors = [pathlib.Path(d) for d in args.reuse.split(",") if d.strip()]
+    missing = [str(d) for d in donors if not (d / "runs").is_dir()]
+    if missing:
+      raise SystemExit(f"--reuse: {', '.join(missing)} holds no runs/ folder of an experiment")
+    seconds = common.run_grid(runs, reuse_from=donors)
   pooled = common.pool(runs, ("ppo",))
   base = f"{variants[0]}/ppo"
   pairs = [(f"{v}/ppo", base) for v in variants[1:]]
@@ -214,12 +307,21 @@ def main(argv=None) -> int:
            f"{', '.join(map(str, seeds))}; per run {c.sft.steps} SFT steps and {c.ppo.iterations} PPO "
            f"iterations. PPO policies, gold-graded on {c.eval.n_per_split} prompts per split "
            f"({', '.join(c.eval.splits)}), seeds pooled."]
+  reused = {f"{r.name} seed {r.seed}": json.loads((r.workdir / common.REUSED_FILE).read_text())
+            for r in runs if (r.workdir / common.REUSED_FILE).is_file()}
+  if reused:
+    notes.append("Stages copied from runs trained with the same settings (`--reuse`; the pipeline checks "
+                 "them like its own finished stages): " + "; ".join(
+                     f"{label}: {', '.join(stages)} from `{pathlib.Path(next(iter(stages.values()))).name}`"
+                     for label, stages in reused.items()) + ".")
   extra = []
   if module.ANALYSIS == "turns":
     _, text = turns_analysis(runs, pooled, args.bootstrap)
     extra.append(("Multi-turn attacks vs single-turn prompts", text))
   elif module.ANALYSIS == "curves":
     extra.append(("Over PPO iterations", curves_analysis(runs, out)))
+  elif module.ANALYSIS == "overoptimization":
+    extra.append(("Proxy vs gold reward over KL", overoptimization_analysis(runs, pooled, out, args.bootstrap)))
   result = common.write_tables(out, f"Ablation: {args.ablation}", common.command_line(), pooled, pairs,
                                args.bootstrap, notes=notes, extra_sections=extra)
   print(result["markdown"], flush=True)

@@ -11,6 +11,8 @@ answer the same prompts for a seed) and writes:
   DIR/results.md, DIR/results.json  per-intent table with 95% intervals (SFT and PPO policy of each
                                     arm), paired differences safe-completion − refusal on the same
                                     prompts (interval and p-value), the per-seed spread, per split
+  DIR/figure4.png, DIR/figure5.png  the paper's Figures 4 and 5 (PPO policies by intent: safety and
+                                    helpfulness given safe with 95% intervals; severity among unsafe)
   DIR/report/                       the full report (eval.md / eval.json) and plots: safety and
                                     helpfulness by intent, severity among unsafe outputs, modes,
                                     over-refusal; one bar per arm and policy
@@ -68,6 +70,25 @@ def split_table(pooled, n_boot: int) -> str:
   return "\n".join(lines)
 
 
+def paper_figures(summaries: dict, out: pathlib.Path) -> list[pathlib.Path]:
+  """The paper's Figures 4 and 5 for the two PPO policies, by prompt intent, seeds pooled.
+
+  figure4.png: safety rate and helpfulness given safe (95% intervals as error bars);
+  figure5.png: the harm-severity distribution among unsafe outputs (each bar with its count).
+  """
+  from safecomp.constants import INTENTS, SEVERITIES  # pylint: disable=import-outside-toplevel
+  from safecomp.eval import plots  # pylint: disable=import-outside-toplevel
+  policies = {arm: summaries[f"{arm}/ppo"] for arm in ARMS if f"{arm}/ppo" in summaries}
+  return [
+      plots.plot_metric_panels(policies, {"safety_rate": "safety rate",
+                                          "helpfulness_given_safe": "helpfulness given safe (0-1)"},
+                               out / "figure4.png", labels=list(INTENTS),
+                               title="Safety and helpfulness given safe, by prompt intent (PPO policies)"),
+      plots.plot_distribution_by_group(policies, "severity_of_unsafe", SEVERITIES, out / "figure5.png",
+                                       title="Harm severity among unsafe outputs, by prompt intent"),
+  ]
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   seeds = common.parse_seeds(args.seeds)
@@ -96,7 +117,9 @@ def main(argv=None) -> int:
   result = common.write_tables(out, "Refusal training vs safe-completion training", common.command_line(),
                                pooled, pairs, args.bootstrap, notes=notes,
                                extra_sections=[("By eval split (seeds pooled)", split_table(pooled, args.bootstrap))])
+  figures = paper_figures(result["summaries"], out)
   print(result["markdown"], flush=True)
+  print("[ce] figures: " + ", ".join(str(f) for f in figures), flush=True)
   print(f"[ce] {len(runs)} runs ({len(seconds)} trained now) in {time.time() - start:.0f}s; "
         f"tables in {out / 'results.md'}", flush=True)
   return 0
