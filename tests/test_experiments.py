@@ -16,7 +16,7 @@ from tests.conftest import REPO_ROOT
 EXPERIMENTS = REPO_ROOT / "experiments"
 CE = EXPERIMENTS / "ce_refusal_vs_safecomplete"
 ABLATIONS = EXPERIMENTS / "ablations"
-ABLATION_NAMES = ("reward_form", "spec_granularity", "reasoning", "multiturn", "long_training")
+ABLATION_NAMES = ("reward_form", "spec_granularity", "reasoning", "multiturn", "long_training", "overoptimization")
 
 
 def _module(name, path):

@@ -1,23 +1,29 @@
 """Runs one ablation: every variant of its config file, for every seed, and writes the comparison.
 
     python experiments/ablations/run.py --ablation NAME --out DIR [--seeds 0,1,2] [--scale default|tiny|large]
-        [--variants a,b]
+        [--variants a,b] [--reuse EXPERIMENT_DIR[,...]]
 
 Ablations (each a config file here, runnable alone with
 `python -m safecomp.train --config experiments/ablations/NAME.py:variant=V --workdir DIR`):
 
   reward_form       reward.kind: product (r = h x s), sum, min, safety_only, helpfulness_only
-  spec_granularity  spec: safe_completion_fine vs safe_completion_coarse
+  spec_granularity  spec: safe_completion_fine vs safe_completion_coarse vs safe_completion_inconsistent
   reasoning         reasoning: on vs off
   multiturn         unsafe rate on multi-turn attacks vs single-turn prompts, for both training arms
   long_training     5x the PPO iterations: response length, modes, benign helpfulness over PPO steps
+  overoptimization  ppo.kl_coef x ppo.learning_rate: proxy vs gold reward against sqrt(KL to the reference)
 
-Runs go to `DIR/runs/<variant>-seed<seed>/` (finished runs are skipped, unfinished ones resume). The
+Runs go to `DIR/runs/<variant>-seed<seed>/` (finished runs are skipped, unfinished ones resume). With
+`--reuse`, a fresh run first copies the finished stages of a run in those experiment folders trained with
+the same settings (same seed; the pipeline's own test of which keys can change a stage), so a baseline
+already trained by the controlled experiment, or the SFT policy and reward model under a PPO-only
+variant, are not trained again; `reused.json` in the run's workdir names the source. The
 PPO policies' gold-graded eval completions are pooled across seeds per variant and written as
 `DIR/results.md` / `results.json` (per-intent table with 95% intervals, paired differences of each
 variant against the baseline variant on the same prompts, per-seed spread) and `DIR/report/` (full
 report and plots). `multiturn` adds the single- vs multi-turn unsafe rates; `long_training` adds
-curves over PPO iterations in `DIR/curves/`.
+curves over PPO iterations in `DIR/curves/`; `overoptimization` adds `DIR/overoptimization.png` and
+its table.
 """
 from __future__ import annotations
 
