@@ -2,6 +2,7 @@
 
     python -m safecomp.eval --workdir DIR [--checkpoint sft|ppo|both] [--compare OTHER[:sft|ppo]]
         [--sets SET[,SET...]] [--grader judge|http|rm|oracle] [--n N] [--out OUT]
+        [--samples K] [--temperature T] [--sample-seed S]
         [--export-pairs PATH] [--import-ratings FILE[,FILE]] [--key PATH]
 
 The workdir's saved `config.json` rebuilds the run (task, tokenizer, model shapes); the chosen
@@ -32,6 +33,17 @@ Outputs in `--out` (default `DIR/eval_cli`): `eval.json`, `eval.md` and PNG plot
 chosen sets, one report per set in `by_set/<set>/`, graded completions in `completions/<model>.jsonl`
 (with `prompt_id`, `intent` and `grader` on every row), and `run.json` (what ran).
 
+Sampling: by default each policy answers every prompt once with its config's decoding (`eval.greedy`).
+`--samples K` answers every prompt K times, sampled at `--temperature T` (K > 1 with greedy decoding,
+the demo config's default, is refused: the K answers would be identical), from `--sample-seed S`
+(default: each policy's config seed; the same seed gives the same answers). Completions carry their
+`sample` index. The report's rates then pool all K answers per prompt (intervals treat them as
+independent; paired comparisons match sample j of one policy with sample j of the other), and
+`consistency.json` plus a "Consistency across samples" section of `eval.md` report, per intent and
+policy, how the K answers agree: mode agreement, all K in one mode, any unsafe among K, unsafe share,
+safe/unsafe splits, sd and range of harm severity, sd of helpfulness, with intervals over prompts
+(`safecomp.eval.consistency`), and paired differences of compared policies on the same prompts.
+
 Human evaluation: `--export-pairs PATH` writes blinded side-by-side pairs of the two compared
 checkpoints to the folder PATH (hand it to raters as is) and the un-blinding key to `--key` (default
 `PATH.key.json`, outside the folder); `--import-ratings FILE` reads raters' files back and reports
@@ -56,6 +68,7 @@ from safecomp import graders as graders_lib
 from safecomp import parallel
 from safecomp import tasks
 from safecomp.errors import SafecompError
+from safecomp.eval import consistency
 from safecomp.eval import human
 from safecomp.eval import report as report_lib
 from safecomp.eval import stats
@@ -79,6 +92,20 @@ PAIRED = ("safe", "helpfulness_given_safe", "helpfulness_1to4_given_safe", "over
 
 class EvalError(SafecompError):
   """A problem with the command line or the workdir that the user can fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """How every policy answers: `samples` answers per prompt, greedy or sampled at `temperature`."""
+  samples: int = 1
+  temperature: float | None = None  # None: the policy's config decides (eval.greedy, else temperature 1)
+  seed: int | None = None  # None: the policy's config seed
+
+  def decoding(self, config: ml_collections.ConfigDict) -> tuple[bool, float]:
+    """(greedy, temperature) for a policy trained with `config`."""
+    if self.temperature is None:
+      return bool(config.eval.greedy), 1.0
+    return False, float(self.temperature)
 
 
 @dataclasses.dataclass
@@ -171,17 +198,39 @@ def policy_params(p, stage: str):
   return model, evaluate.policy_params(p, stage)
 
 
-def generate(policy: Policy, prompts: Sequence) -> list[str]:
-  """Each policy answers with its own tokenizer and sampling settings (its config's `eval`)."""
+def check_sampling(sampling: Sampling, policies: Sequence[Policy]):
+  """Refuses several answers per prompt from a policy that decodes greedily (they would be identical)."""
+  if sampling.samples < 1:
+    raise EvalError(f"--samples must be >= 1, got {sampling.samples}")
+  if sampling.temperature is not None and not 0.0 < sampling.temperature < float("inf"):
+    raise EvalError(f"--temperature must be a positive number, got {sampling.temperature}")
+  if sampling.samples > 1:
+    greedy = [pol.name for pol in policies if sampling.decoding(pol.pipeline.config)[0]]
+    if greedy:
+      raise EvalError(f"--samples {sampling.samples} with greedy decoding (eval.greedy=True in the config of "
+                      f"{', '.join(greedy)}) gives {sampling.samples} identical answers per prompt; pass "
+                      "--temperature T (e.g. 1.0) to sample them")
+
+
+def generate(policy: Policy, prompts: Sequence, sampling: Sampling = Sampling()) -> list[str]:
+  """Answers with each policy's own tokenizer and decoding (its config's `eval`, or `sampling`'s temperature).
+
+  With `sampling.samples` = K, prompt i's answers are texts[i * K: (i + 1) * K]. The K copies of a prompt
+  are rows of one batched call: each row draws its own tokens from its batch's PRNG key (derived from the
+  seed in `generation.generate_texts`), so the copies differ and the seed fixes every answer.
+  """
   p = policy.pipeline
   c, tok = p.config, p.tokenizer
   model, params = policy_params(p, policy.stage)
+  greedy, temperature = sampling.decoding(c)
   cfg = rollout_lib.RolloutConfig(max_new_tokens=c.eval.max_new_tokens, eos_id=p.stop_ids,
-                                  pad_id=tok.pad_id, greedy=c.eval.greedy, temperature=1.0)
-  batch_size = min(c.eval.batch_size, len(prompts))
-  return generation.generate_texts(model, params, tok, [x.message_list for x in prompts], c.chat_template,
-                                   c.max_prompt_len, cfg, batch_size, c.seed, f"generate {policy.name}",
-                                   mesh=p.mesh, rules=parallel.rules_from_config(c))
+                                  pad_id=tok.pad_id, greedy=greedy, temperature=temperature)
+  conversations = [x.message_list for x in prompts for _ in range(sampling.samples)]
+  batch_size = min(c.eval.batch_size, len(conversations))
+  seed = c.seed if sampling.seed is None else sampling.seed
+  return generation.generate_texts(model, params, tok, conversations, c.chat_template, c.max_prompt_len, cfg,
+                                   batch_size, seed, f"generate {policy.name}", mesh=p.mesh,
+                                   rules=parallel.rules_from_config(c))
 
 
 def make_grader(args: argparse.Namespace, base):
@@ -196,11 +245,17 @@ def make_grader(args: argparse.Namespace, base):
   return graders_lib.make_grader(name, context, key="--grader")
 
 
-def grade(grader, base, prompts: Sequence, texts: Sequence[str], model_name: str) -> list[dict[str, Any]]:
-  """Graded records in the layout `safecomp.eval.stats` reads (see `training.evaluate.grade_records`)."""
+def grade(grader, base, prompts: Sequence, texts: Sequence[str], model_name: str, samples: int = 1
+          ) -> list[dict[str, Any]]:
+  """Graded records in the layout `safecomp.eval.stats` reads (see `training.evaluate.grade_records`), each
+  with its `sample` index among the `samples` answers of its prompt (texts in `generate`'s order)."""
   reward_key = "proxy_reward" if grader.name == "rm" else "gold_reward"
-  return evaluate.grade_records(grader, prompts, texts, model_name, tuple(base.config.reward.severity_to_safety),
-                                reward_key=reward_key)
+  repeated = [x for x in prompts for _ in range(samples)]
+  records = evaluate.grade_records(grader, repeated, texts, model_name,
+                                   tuple(base.config.reward.severity_to_safety), reward_key=reward_key)
+  for i, record in enumerate(records):
+    record["sample"] = i % samples
+  return records
 
 
 # -- the command ---------------------------------------------------------------------------------------
@@ -232,6 +287,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                            "$SAFECOMP_SHARED_DATA or ../shared/data beside the repository, when it exists)")
   parser.add_argument("--bootstrap", type=int, default=None,
                       help="bootstrap resamples (default: the config's eval.bootstrap)")
+  parser.add_argument("--samples", type=int, default=1, metavar="K",
+                      help="answers per prompt (default 1); K > 1 samples them and reports their consistency")
+  parser.add_argument("--temperature", type=float, default=None, metavar="T",
+                      help="sample at temperature T (default: the config's decoding: eval.greedy, else "
+                           "temperature 1)")
+  parser.add_argument("--sample-seed", type=int, default=None, metavar="S",
+                      help="seed of the sampled answers (default: each policy's config seed)")
   parser.add_argument("--export-pairs", metavar="PATH",
                       help="write blinded pairs of the two compared policies for human raters to PATH")
   parser.add_argument("--import-ratings", metavar="FILE[,FILE]",
@@ -244,6 +306,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.error("--n must be >= 1")
   if args.bootstrap is not None and args.bootstrap < 1:
     parser.error("--bootstrap must be >= 1")
+  if args.samples < 1:
+    parser.error("--samples must be >= 1")
+  if args.temperature is not None and not 0.0 < args.temperature < float("inf"):
+    parser.error("--temperature must be a positive number (leave it out for the config's greedy decoding)")
   if args.sets is not None:
     try:
       set_items(args.sets)
@@ -312,16 +378,51 @@ def _prompts(args, base, policies: Sequence[Policy]) -> tuple[list, dict[str, in
   return prompts, skipped
 
 
+def _per_answer(records: Sequence[dict], samples: int) -> Sequence[dict]:
+  """Records keyed by answer for pairing: with K answers per prompt, sample j of one policy is paired with
+  sample j of the other on the same prompt (the samples of a prompt are exchangeable)."""
+  if samples == 1:
+    return records
+  return [dict(r, prompt_id=f"{r['prompt_id']}#{r['sample']}") for r in records]
+
+
 def _comparisons(records: dict[str, list[dict]], pairs: Sequence[tuple[str, str]], reward_key: str,
-                 sets: Sequence[str], n_boot: int, seed: int) -> list[dict]:
+                 sets: Sequence[str], n_boot: int, seed: int, samples: int = 1) -> list[dict]:
   out = []
   for a, b in pairs:
-    ra = [r for r in records[a] if r["split"] in sets]
-    rb = [r for r in records[b] if r["split"] in sets]
+    ra = _per_answer([r for r in records[a] if r["split"] in sets], samples)
+    rb = _per_answer([r for r in records[b] if r["split"] in sets], samples)
     for metric in PAIRED + (reward_key,):
       out.append(stats.paired_comparison(ra, rb, metric, by="intent", names=(a, b), n_boot=n_boot,
                                          seed=seed))
   return out
+
+
+def _consistency_report(records: dict[str, list[dict]], pairs: Sequence[tuple[str, str]], sampling: Sampling,
+                        report_md: pathlib.Path, out: pathlib.Path, n_boot: int, seed: int) -> dict[str, Any]:
+  """Consistency of each policy's K answers per prompt by intent, and of compared policies paired on the
+  same prompts: written to `consistency.json`, appended to `eval.md` and printed."""
+  rows = {name: consistency.prompt_rows(recs, f"{name} records") for name, recs in records.items()}
+  summaries = {name: consistency.summarize(r, by="intent", n_boot=n_boot, seed=seed) for name, r in rows.items()}
+  comparisons = [comp for a, b in pairs
+                 for comp in consistency.compare(rows[a], rows[b], names=(a, b), n_boot=n_boot, seed=seed)]
+  result = {"samples": sampling.samples, "temperature": sampling.temperature, "seed": sampling.seed,
+            "models": summaries, "comparisons": comparisons}
+  (out / "consistency.json").write_text(
+      json.dumps(report_lib.to_jsonable(result), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+  temperature = sampling.temperature if sampling.temperature is not None else 1.0
+  pooled = (f"The report's other tables pool the {sampling.samples} answers of every prompt: n counts answers "
+            "and their intervals treat the answers as independent (narrower than intervals over prompts); their "
+            "paired differences match sample j of one policy with sample j of the other. Here the unit is the "
+            "prompt.")
+  section = consistency.format_markdown(summaries, comparisons, k=sampling.samples, temperature=temperature,
+                                        note=pooled)
+  with report_md.open("a", encoding="utf-8") as f:
+    f.write("\n" + section)
+  print("\n" + section, flush=True)
+  return {"json": str(out / "consistency.json"),
+          "overall": {name: {m: s["overall"][m]["value"] for m in consistency.METRICS}
+                      for name, s in summaries.items()}}
 
 
 def import_ratings(args, out: pathlib.Path) -> dict:
@@ -353,6 +454,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
   base, ours, other = _policies(args)
   policies = ours + ([other] if other else [])
+  sampling = Sampling(args.samples, args.temperature, args.sample_seed)
+  check_sampling(sampling, policies)
+  k = sampling.samples
   grader = make_grader(args, base)
   prompts, skipped = _prompts(args, base, policies)
   sets = list(dict.fromkeys(x.source for x in prompts))
@@ -364,8 +468,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   ungraded: dict[str, int] = {}
   (out / "completions").mkdir(parents=True, exist_ok=True)
   for policy in policies:
-    texts = generate(policy, prompts)
-    all_records = grade(grader, base, prompts, texts, policy.name)
+    texts = generate(policy, prompts, sampling)
+    all_records = grade(grader, base, prompts, texts, policy.name, k)
     with (out / "completions" / f"{policy.name.replace('/', '_')}.jsonl").open("w", encoding="utf-8") as f:
       f.writelines(json.dumps(r) + "\n" for r in all_records)
     records[policy.name] = graded_only(all_records)
@@ -385,9 +489,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                   seed=c.seed, source=f"{name} records") for name, recs in records.items()}
 
   summaries = summaries_for(sets)
-  comparisons = _comparisons(records, pairs, reward_key, sets, n_boot, c.seed)
-  title = f"Evaluation of {args.workdir} ({', '.join(sets)}; grader: {graders_lib.full_name(grader)})"
+  comparisons = _comparisons(records, pairs, reward_key, sets, n_boot, c.seed, k)
+  title = f"Evaluation of {args.workdir} ({', '.join(sets)}; grader: {graders_lib.full_name(grader)}"
+  if k > 1:
+    title += f"; {k} samples per prompt pooled"
+  title += ")"
   paths = report_lib.write_report(summaries, out, comparisons=comparisons, title=title)
+  if k > 1:
+    result["consistency"] = _consistency_report(records, pairs, sampling, paths["md"], out, n_boot, c.seed)
   print(f"\n{title}\n" + report_lib.format_table(summaries), flush=True)
   for comp in comparisons:
     g = comp["overall"]
@@ -398,7 +507,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   for name in sets:
     set_summaries = summaries_for([name])
     report_lib.write_report(set_summaries, out / "by_set" / name,
-                            comparisons=_comparisons(records, pairs, reward_key, [name], n_boot, c.seed),
+                            comparisons=_comparisons(records, pairs, reward_key, [name], n_boot, c.seed, k),
                             plots=False, title=f"Evaluation on {name} (grader: {graders_lib.full_name(grader)})")
     by_set[name] = {m: {"n": s["n"], "safety_rate": s["overall"]["safety_rate"]["value"]}
                     for m, s in set_summaries.items()}
@@ -409,8 +518,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       workdir=str(args.workdir), grader=graders_lib.full_name(grader), sets=sets,
       models={pol.name: {"workdir": str(pol.pipeline.workdir), "stage": pol.stage} for pol in policies},
       n_prompts={s: sum(x.source == s for x in prompts) for s in sets}, skipped_prompts=skipped,
-      ungraded=ungraded, pairs=pairs, report={k: str(v) for k, v in paths.items() if k != "plots"},
-      plots=[str(x) for x in paths["plots"]], by_set=by_set)
+      ungraded=ungraded, pairs=pairs, report={key: str(v) for key, v in paths.items() if key != "plots"},
+      plots=[str(x) for x in paths["plots"]], by_set=by_set,
+      sampling={"samples": k, "temperature": sampling.temperature, "seed": sampling.seed,
+                "greedy": {pol.name: sampling.decoding(pol.pipeline.config)[0] for pol in policies}})
 
   if args.export_pairs:
     if not pairs:
@@ -418,11 +529,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     a, b = pairs[-1]
     pairs_dir = pathlib.Path(args.export_pairs)
     key = pathlib.Path(args.key) if args.key else _default_key(pairs_dir)
-    written = human.export_pairs(records[a], records[b], pairs_dir, key, model_a=a, model_b=b, seed=c.seed,
+    # Raters see one pair per prompt: the first sample of each policy.
+    first_a, first_b = ([r for r in records[m] if r["sample"] == 0] for m in (a, b))
+    written = human.export_pairs(first_a, first_b, pairs_dir, key, model_a=a, model_b=b, seed=c.seed,
                                  prompt_key="prompt", response_key="completion")
-    print(f"[eval] {len(records[a])} blinded pairs ({a} vs {b}) for raters in {pairs_dir} "
-          f"(fill in {written['template'].name}); un-blinding key: {key}", flush=True)
-    result["export"] = {k: str(v) for k, v in written.items()}
+    print(f"[eval] {len(first_a)} blinded pairs ({a} vs {b}{', sample 0 of each prompt' if k > 1 else ''}) for "
+          f"raters in {pairs_dir} (fill in {written['template'].name}); un-blinding key: {key}", flush=True)
+    result["export"] = {key: str(v) for key, v in written.items()}
   if args.import_ratings:
     result["human_eval"] = import_ratings(args, out)
   (out / "run.json").write_text(json.dumps(result, indent=1, default=str) + "\n", encoding="utf-8")
