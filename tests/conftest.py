@@ -37,3 +37,20 @@ def shared_data_dir() -> pathlib.Path:
   if not path.is_dir():
     pytest.fail(f"public data folder not found at {path}; set SAFECOMP_SHARED_DATA")
   return path
+
+
+def tiny_controlled_experiment(tmp_path_factory, seeds: str = "0", bootstrap: str = "50"):
+  """The tiny controlled experiment (both arms, `seeds`) in the session's `ce_tiny` folder, trained by
+  its driver; every module that needs trained tiny runs shares it (the driver skips finished runs, so a
+  session trains each seed once). Returns (folder, the driver's completed process)."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  out = tmp_path_factory.getbasetemp() / "ce_tiny"
+  cache = tmp_path_factory.getbasetemp() / "jax_cache"
+  proc = subprocess.run([sys.executable, str(REPO_ROOT / "experiments" / "ce_refusal_vs_safecomplete" / "run.py"),
+                         "--out", str(out), "--seeds", seeds, "--scale", "tiny", "--bootstrap", bootstrap,
+                         "--compile-cache", str(cache)],
+                        cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), capture_output=True,
+                        text=True, timeout=900, check=False)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+  return out, proc

@@ -13,7 +13,7 @@ from safecomp import tokenizers
 from safecomp.testbed import attacker
 from safecomp.testbed import responses
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, tiny_controlled_experiment
 
 WORLD = testbed.make_world(0)
 DRIVER = REPO_ROOT / "experiments" / "ablations" / "adaptive_attack.py"
@@ -201,13 +201,7 @@ def test_observe_and_ask_keep_turns_and_answers_in_step():
 def experiment(tmp_path_factory):
   """A tiny controlled experiment (seed 0, both arms), in the session folder tests/test_eval_cli.py and
   tests/test_experiments.py train into too (the controlled-experiment driver skips finished runs)."""
-  out = tmp_path_factory.getbasetemp() / "ce_tiny"
-  cache = tmp_path_factory.getbasetemp() / "jax_cache"
-  proc = subprocess.run([sys.executable, str(REPO_ROOT / "experiments" / "ce_refusal_vs_safecomplete" / "run.py"),
-                         "--out", str(out), "--seeds", "0", "--scale", "tiny", "--bootstrap", "50",
-                         "--compile-cache", str(cache)],
-                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False)
-  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  out, _ = tiny_controlled_experiment(tmp_path_factory)
   return out
 
 

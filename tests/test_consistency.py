@@ -2,8 +2,6 @@
 import importlib.util
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from safecomp.eval import consistency
 from safecomp.eval import stats
 from safecomp.training import pipeline
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, tiny_controlled_experiment
 
 
 def _answers(pid, intent, modes, unsafe, severity, helpfulness, model="m"):
@@ -103,13 +101,7 @@ def test_paired_comparison_on_the_same_prompts():
 def ce_dir(tmp_path_factory):
   """Tiny safe-completion and refusal runs (seed 0): the same folder and command as the `runs` fixture of
   tests/test_eval_cli.py, so a session trains them once (the driver skips finished runs)."""
-  out = tmp_path_factory.getbasetemp() / "ce_tiny"
-  cache = tmp_path_factory.getbasetemp() / "jax_cache"
-  proc = subprocess.run([sys.executable, str(REPO_ROOT / "experiments" / "ce_refusal_vs_safecomplete" / "run.py"),
-                         "--out", str(out), "--seeds", "0", "--scale", "tiny", "--bootstrap", "50",
-                         "--compile-cache", str(cache)],
-                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False)
-  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  out, _ = tiny_controlled_experiment(tmp_path_factory)
   return out
 
 

@@ -16,7 +16,7 @@ from safecomp import tokenizers
 from safecomp.constants import INTENTS, MODES
 from safecomp.eval import cli
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, tiny_controlled_experiment
 
 DEMO = str(REPO_ROOT / "configs" / "demo.py")
 
@@ -35,13 +35,7 @@ def runs(tmp_path_factory):
   Trained by the controlled-experiment driver into a folder of the session's temporary directory that
   tests/test_experiments.py extends with a second seed (the driver skips finished runs).
   """
-  out = tmp_path_factory.getbasetemp() / "ce_tiny"
-  cache = tmp_path_factory.getbasetemp() / "jax_cache"
-  proc = subprocess.run([sys.executable, str(REPO_ROOT / "experiments" / "ce_refusal_vs_safecomplete" / "run.py"),
-                         "--out", str(out), "--seeds", "0", "--scale", "tiny", "--bootstrap", "50",
-                         "--compile-cache", str(cache)],
-                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False)
-  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  out, _ = tiny_controlled_experiment(tmp_path_factory)
   return out / "runs" / "safe_completion-seed0", out / "runs" / "refusal-seed0"
 
 

@@ -2,11 +2,19 @@
 on the tiny controlled experiment of tests/test_experiments.py."""
 import json
 
+import pytest
+
 from safecomp import config as config_lib
 
-from tests.test_experiments import ABLATIONS, _module, ce_run  # pylint: disable=unused-import
+from tests.conftest import tiny_controlled_experiment
+from tests.test_experiments import ABLATIONS, _module
 
 common = _module("safecomp_experiments_common", ABLATIONS / "common.py")
+
+
+@pytest.fixture(scope="module")
+def ce_run(tmp_path_factory):
+  return tiny_controlled_experiment(tmp_path_factory, seeds="0,1", bootstrap="100")
 
 
 def _run(name: str, variant: str, seed: int, workdir):

@@ -11,7 +11,7 @@ from safecomp import config as config_lib
 from safecomp.errors import ConfigError
 from safecomp.training import pipeline
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, tiny_controlled_experiment
 
 EXPERIMENTS = REPO_ROOT / "experiments"
 CE = EXPERIMENTS / "ce_refusal_vs_safecomplete"
@@ -39,10 +39,7 @@ def _driver(tmp_path_factory, script, *args, timeout=900):
 @pytest.fixture(scope="module")
 def ce_run(tmp_path_factory):
   # Shared with tests/test_eval_cli.py, which trains seed 0 of both arms here when it runs first.
-  out = tmp_path_factory.getbasetemp() / "ce_tiny"
-  proc = _driver(tmp_path_factory, CE / "run.py", "--out", str(out), "--seeds", "0,1", "--scale", "tiny",
-                 "--bootstrap", "100")
-  return out, proc
+  return tiny_controlled_experiment(tmp_path_factory, seeds="0,1", bootstrap="100")
 
 
 def test_controlled_experiment_writes_its_table(ce_run):

@@ -101,8 +101,8 @@ def plot_metric_panels(summaries: Mapping[str, Mapping[str, Any]], metrics: Mapp
   for i, (metric, ylabel) in enumerate(metrics.items()):
     ax = fig.add_subplot(1, len(metrics), i + 1)
     _metric_bars(ax, summaries, metric, ylabel=ylabel, ylim=ylim, labels=labels)
-    if i == 0:
-      ax.legend(fontsize=8)
+    if i == 0:  # above the bars: rates near 1 leave no room inside the panel
+      ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=max(1, len(summaries)))
   if title:
     fig.suptitle(title)
   return _save(fig, path)
