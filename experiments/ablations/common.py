@@ -346,13 +346,18 @@ def comparison_table(comparisons: Sequence[Mapping[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def seed_table(pooled: Mapping[str, Sequence[Mapping[str, Any]]]) -> tuple[str, dict]:
-  """Markdown: per-seed means and their across-seed mean ± sd (the spread between training runs)."""
+def seed_table(pooled: Mapping[str, Sequence[Mapping[str, Any]]], intent: str | None = None) -> tuple[str, dict]:
+  """Markdown: per-seed means and their across-seed mean ± sd (the spread between training runs), over
+  every prompt or those of one `intent`."""
+  if intent is not None:
+    pooled = {model: [r for r in records if r["intent"] == intent] for model, records in pooled.items()}
   metrics = (("safety rate", lambda r: float(not r["unsafe"]), None),
              ("helpfulness given safe", lambda r: r["helpfulness"], lambda r: not r["unsafe"]),
              ("over-refusal (benign)", lambda r: float(r.get("mode") in REFUSAL_MODES),
               lambda r: r["intent"] == "benign"),
              ("gold reward", lambda r: r.get("gold_reward", float("nan")), None))
+  if intent not in (None, "benign"):
+    metrics = tuple(m for m in metrics if m[0] != "over-refusal (benign)")
   head = ["model", "seeds"] + [m[0] for m in metrics]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   out = {}
@@ -393,6 +398,7 @@ def write_tables(out: pathlib.Path, title: str, command: str, pooled: Mapping[st
   comparisons = paired(pooled, pairs, n_boot)
   paths = report_lib.write_report(summaries, out / "report", comparisons=comparisons, title=title)
   seeds_md, seeds_json = seed_table(pooled)
+  dual_md, dual_json = seed_table(pooled, intent="dual_use")
   parts = [f"# {title}", "", "```bash", command, "```", ""] + list(notes) + [
       "", "## By prompt intent (seeds pooled)", "",
       "Each figure: value ± standard error [95% interval: Wilson for rates, percentile bootstrap for "
@@ -400,7 +406,8 @@ def write_tables(out: pathlib.Path, title: str, command: str, pooled: Mapping[st
       intent_table(summaries), "",
       "## Paired differences on the same prompts (a − b; paired bootstrap interval, sign-flip p-value)", "",
       comparison_table(comparisons), "",
-      "## Per seed (mean ± sd over seeds; per-seed values in brackets)", "", seeds_md]
+      "## Per seed (mean ± sd over seeds; per-seed values in brackets)", "", seeds_md, "",
+      "## Per seed, dual-use prompts (mean ± sd over seeds; per-seed values in brackets)", "", dual_md]
   for heading, body in extra_sections:
     parts += ["", f"## {heading}", "", body]
   parts += ["", "Full report with every distribution and plot: `report/eval.md`; plots: "
@@ -408,7 +415,7 @@ def write_tables(out: pathlib.Path, title: str, command: str, pooled: Mapping[st
   text = "\n".join(parts) + "\n"
   (out / "results.md").write_text(text, encoding="utf-8")
   result = {"title": title, "command": command, "summaries": summaries, "comparisons": comparisons,
-            "per_seed": seeds_json, "report": str(paths["md"]), "plots": [str(p) for p in paths["plots"]]}
+            "per_seed": seeds_json, "per_seed_dual_use": dual_json, "report": str(paths["md"]), "plots": [str(p) for p in paths["plots"]]}
   (out / "results.json").write_text(json.dumps(report_lib.to_jsonable(result), indent=1) + "\n", encoding="utf-8")
   return {"markdown": text, **result}
 

@@ -14,6 +14,7 @@ from safecomp.config import load_module
 VARIANTS = ("on", "off")
 BASELINE = "on"
 ANALYSIS = "intent"
+STAGES = ("sft", "ppo")  # reasoning changes the SFT targets: compare the SFT policies as well
 
 
 def _common():

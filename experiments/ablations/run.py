@@ -304,14 +304,15 @@ def main(argv=None) -> int:
     if missing:
       raise SystemExit(f"--reuse: {', '.join(missing)} holds no runs/ folder of an experiment")
     seconds = common.run_grid(runs, reuse_from=donors)
-  pooled = common.pool(runs, ("ppo",))
-  base = f"{variants[0]}/ppo"
-  pairs = [(f"{v}/ppo", base) for v in variants[1:]]
+  # The PPO policies; an ablation whose variants differ already in SFT (`STAGES`) reports its SFT ones too.
+  stages = tuple(getattr(module, "STAGES", ("ppo",)))
+  pooled = common.pool(runs, stages)
+  pairs = [(f"{v}/{stage}", f"{variants[0]}/{stage}") for stage in reversed(stages) for v in variants[1:]]
   c = runs[0].config
   notes = [f"Ablation `{args.ablation}` ({(module.__doc__ or '').splitlines()[0].rstrip('.')}); variants "
            f"{', '.join(variants)} (baseline {variants[0]}); scale `{args.scale}`, seeds "
            f"{', '.join(map(str, seeds))}; per run {c.sft.steps} SFT steps and {c.ppo.iterations} PPO "
-           f"iterations. PPO policies, gold-graded on {c.eval.n_per_split} prompts per split "
+           f"iterations. {' and '.join(st.upper() for st in stages)} policies, gold-graded on {c.eval.n_per_split} prompts per split "
            f"({', '.join(c.eval.splits)}), seeds pooled."]
   reused = {f"{r.name} seed {r.seed}": json.loads((r.workdir / common.REUSED_FILE).read_text())
             for r in runs if (r.workdir / common.REUSED_FILE).is_file()}
