@@ -334,7 +334,10 @@ def main(argv=None) -> int:
   print(result["markdown"], flush=True)
   print(f"[ablation] {len(runs)} runs ({len(seconds)} trained now) in {time.time() - start:.0f}s; "
         f"tables in {out / 'results.md'}", flush=True)
-  (out / "runs.json").write_text(json.dumps({"variants": variants, "seeds": seeds, "seconds": seconds}) + "\n")
+  # Wall-clock of every run trained so far: a rerun (or --report-only) adds to it rather than erasing it.
+  record = out / "runs.json"
+  earlier = json.loads(record.read_text()).get("seconds", {}) if record.is_file() else {}
+  record.write_text(json.dumps({"variants": variants, "seeds": seeds, "seconds": {**earlier, **seconds}}) + "\n")
   return 0
 
 
