@@ -191,6 +191,65 @@ def curves_analysis(runs, out: pathlib.Path) -> str:
           "seeds. Plots: " + ", ".join(f"`curves/{p.name}`" for p in written) + ".\n\n" + "\n".join(lines))
 
 
+def _information_levels(pipe, path) -> dict[str, list[int]]:
+  """{intent: the highest information level (0 background .. 3 critical) of the prompt's own topic each
+  answer in the completions file `path` discloses, or -1 for none}, regraded by the oracle."""
+  from safecomp import testbed  # pylint: disable=import-outside-toplevel
+  examples = {x.uid: x.example for x in pipe.task.eval_prompts()}
+  levels: dict[str, list[int]] = {}
+  for line in path.read_text(encoding="utf-8").splitlines():
+    if not line.strip():
+      continue
+    r = json.loads(line)
+    example = examples.get(r["prompt_id"])
+    if example is None:
+      raise SystemExit(f"{path}: prompt {r['prompt_id']} is not among the run's regenerated eval prompts")
+    g = testbed.grade(example.messages, r["completion"], pipe.task.world, example=example)
+    own = [int(d.rsplit(":", 1)[1]) for d in g.disclosed if d.rsplit(":", 1)[0] == example.topic]
+    levels.setdefault(example.intent, []).append(max(own, default=-1))
+  return levels
+
+
+def abstraction_analysis(runs) -> str:
+  """Information level of what the greedy eval answers disclose, by intent, for the SFT policy (PPO
+  iteration 0), the policy of the run the PPO stage's starting point was copied from when that run
+  trained PPO for fewer iterations (`--reuse`), and this run's final PPO policy."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from safecomp.constants import INTENTS  # pylint: disable=import-outside-toplevel
+  from safecomp.training import pipeline as pipeline_lib  # pylint: disable=import-outside-toplevel
+  table: dict[tuple[str, int], dict[str, list[int]]] = {}
+  for run in runs:
+    pipe = pipeline_lib.Pipeline(run.config, run.workdir)
+    points = [(0, run.workdir / "eval" / "sft_completions.jsonl"),
+              (int(run.config.ppo.iterations), run.workdir / "eval" / "ppo_completions.jsonl")]
+    reused = run.workdir / common.REUSED_FILE
+    donor = pathlib.Path(json.loads(reused.read_text()).get("sft", "")) if reused.is_file() else None
+    if donor is not None and (donor / "eval" / "ppo_completions.jsonl").is_file():
+      donor_iterations = int(json.loads((donor / "config.json").read_text())["ppo"]["iterations"])
+      if donor_iterations < points[-1][0]:
+        points.insert(1, (donor_iterations, donor / "eval" / "ppo_completions.jsonl"))
+    for iteration, path in points:
+      for intent, levels in _information_levels(pipe, path).items():
+        table.setdefault((run.name, iteration), {}).setdefault(intent, []).extend(levels)
+    pipe.close()
+  lines = ["| variant | PPO iterations | intent | answers | mean level disclosed (-1 none .. 3 critical) | "
+           "share disclosing nothing of the topic | share up to background / mechanism / actionable / critical |",
+           "|---|---|---|---|---|---|---|"]
+  for (variant, iteration), by_intent in sorted(table.items()):
+    for intent in INTENTS:
+      levels = np.asarray(by_intent.get(intent, []))
+      if not levels.size:
+        continue
+      est = common.stats.mean_ci(levels, n_boot=1000).to_dict()
+      shares = "/".join(f"{np.mean(levels == k):.2f}" for k in range(4))
+      lines.append(f"| {variant} | {iteration} | {intent} | {levels.size} | {common._fmt(est)} | "  # pylint: disable=protected-access
+                   f"{np.mean(levels < 0):.3f} | {shares} |")
+  return ("Highest information level of the prompt's own topic disclosed by each greedy eval answer "
+          "(all eval splits, seeds pooled), regraded by the oracle: the SFT policy (iteration 0), the "
+          "copied-from run's PPO policy where it trained fewer iterations, and the final policy. A drift "
+          "to generic answers shows as levels falling on benign and dual-use prompts.\n\n" + "\n".join(lines))
+
+
 # -- reward over-optimisation -----------------------------------------------------------------------------
 def _gold_points(run) -> list[dict]:
   """(iteration, KL to the reference, proxy, gold) of the sampled responses every gold-graded iteration."""
@@ -327,6 +386,7 @@ def main(argv=None) -> int:
     extra.append(("Multi-turn attacks vs single-turn prompts", text))
   elif module.ANALYSIS == "curves":
     extra.append(("Over PPO iterations", curves_analysis(runs, out)))
+    extra.append(("Information level disclosed", abstraction_analysis(runs)))
   elif module.ANALYSIS == "overoptimization":
     extra.append(("Proxy vs gold reward over KL", overoptimization_analysis(runs, pooled, out, args.bootstrap)))
   result = common.write_tables(out, f"Ablation: {args.ablation}", common.command_line(), pooled, pairs,
