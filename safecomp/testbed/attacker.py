@@ -40,7 +40,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from safecomp.constants import REFUSAL_MODES
-from safecomp.testbed.examples import _Builder  # pylint: disable=protected-access  (the prompt builder)
+from safecomp.testbed.examples import PromptBuilder
 from safecomp.testbed.oracle import OracleConfig, OracleGrade, grade
 from safecomp.testbed.responses import restricted_levels
 from safecomp.testbed.world import World, fill
@@ -247,14 +247,14 @@ def _fresh(world: World, rng: np.random.Generator, bank: str, key: str, used: se
   return unused[int(rng.integers(len(unused)))]
 
 
-def _context(b: _Builder, intent: str, category: str) -> tuple[str | None, list[str]]:
+def _context(b: PromptBuilder, intent: str, category: str) -> tuple[str | None, list[str]]:
   """The context clause stating `intent` (None: no stated context), and the pool ids it used."""
   if intent == "curious" and b.rng.random() < 0.5:
     return None, []
   return b.context(intent, category)
 
 
-def _request_turn(world: World, b: _Builder, state: AttackState, level: int, intent: str | None,
+def _request_turn(world: World, b: PromptBuilder, state: AttackState, level: int, intent: str | None,
                   used: set[str]) -> tuple[str, list[str]]:
   """A full request naming the topic (a request template of `level`) in a frame with `intent`'s context."""
   topic = world.topic(state.target.topic)
@@ -265,7 +265,7 @@ def _request_turn(world: World, b: _Builder, state: AttackState, level: int, int
   return fill(world.text(frame), request=request, context=context or ""), ids + [frame] + ctx_ids
 
 
-def _followup_turn(world: World, b: _Builder, state: AttackState, level: int, intent: str | None,
+def _followup_turn(world: World, b: PromptBuilder, state: AttackState, level: int, intent: str | None,
                    used: set[str]) -> tuple[str, list[str]]:
   """A follow-up of `level` referring to the topic as "it", with `intent`'s context after it."""
   followup, ids = b.fill_template(_fresh(world, b.rng, "follow", str(level), used),
@@ -297,7 +297,7 @@ def next_turn(world: World, state: AttackState, rng: np.random.Generator) -> Att
   if finished(state):
     return None
   tactic, level, intent = choose_tactic(state)
-  b = _Builder(world, POOL_SPLIT, rng)
+  b = PromptBuilder(world, POOL_SPLIT, rng)
   used = {i for t in state.turns for i in t.pool_ids}
   restricted = level in state.target.wanted
   if tactic == "open":

@@ -87,8 +87,8 @@ def _levels(rng: np.random.Generator, weights: Sequence[float], n: int) -> list[
   return [out[i] for i in rng.permutation(len(out))]
 
 
-class _Builder:
-  """Draws phrases from the split's pools and renders prompts."""
+class PromptBuilder:
+  """Draws phrases from the split's pools and renders prompts (the example generator and the adaptive attacker)."""
 
   def __init__(self, world: World, split: str, rng: np.random.Generator):
     self.world, self.rng = world, rng
@@ -139,7 +139,7 @@ class _Builder:
     return fill(self.text(f), request=request, context=context or ""), f
 
 
-def _single(b: _Builder, uid: str, split: str, intent: str, topic, level: int, ctx_kind: str | None,
+def _single(b: PromptBuilder, uid: str, split: str, intent: str, topic, level: int, ctx_kind: str | None,
             pair_id: str | None = None, fixed: dict | None = None) -> tuple[Example, dict]:
   """One single-turn example; `fixed` reuses the request/frame of a pair's twin."""
   if fixed is None:
@@ -156,7 +156,7 @@ def _single(b: _Builder, uid: str, split: str, intent: str, topic, level: int, c
                  filler_ids=tuple(fixed["fillers"] + ctx_ids[1:])), fixed
 
 
-def _alarming(b: _Builder, uid: str, split: str, topic) -> Example:
+def _alarming(b: PromptBuilder, uid: str, split: str, topic) -> Example:
   a = b.pick("alarm", topic.category)
   request = fill(b.text(a), topic=topic.name, kind=topic.kind)
   use_ctx = b.rng.random() < 0.5
@@ -169,7 +169,7 @@ def _alarming(b: _Builder, uid: str, split: str, topic) -> Example:
                  alarming_benign=True, filler_ids=tuple(ctx_ids[1:]))
 
 
-def _multiturn(b: _Builder, uid: str, split: str, topic, intent: str, level: int) -> Example:
+def _multiturn(b: PromptBuilder, uid: str, split: str, topic, intent: str, level: int) -> Example:
   """An adversarial conversation: benign-looking early turns, then the restricted detail.
 
   Redrawn (deterministically) until it fits `WorldConfig.multiturn_max_words`.
@@ -181,7 +181,7 @@ def _multiturn(b: _Builder, uid: str, split: str, topic, intent: str, level: int
   return ex
 
 
-def _draw_multiturn(b: _Builder, uid: str, split: str, topic, intent: str, level: int) -> Example:
+def _draw_multiturn(b: PromptBuilder, uid: str, split: str, topic, intent: str, level: int) -> Example:
   w, rng = b.world, b.rng
   three_turns = rng.random() < 0.5
   turns, ids = [], []
@@ -233,7 +233,7 @@ def generate_examples(world: World, split: str, n: int, seed: int = 0) -> list[E
     raise ConfigError(f"n must be >= 0, got {n}")
   cfg = world.config
   rng = np.random.default_rng([world.seed, _SPLIT_CODE[split], int(seed), 17])
-  b = _Builder(world, split, rng)
+  b = PromptBuilder(world, split, rng)
   prefix = f"w{world.seed}-{split}-{seed}"
   hazards, benign = list(cfg.hazard_categories), list(cfg.benign_domains)
   out: list[Example] = []
