@@ -51,6 +51,6 @@ def tiny_controlled_experiment(tmp_path_factory, seeds: str = "0", bootstrap: st
                          "--out", str(out), "--seeds", seeds, "--scale", "tiny", "--bootstrap", bootstrap,
                          "--compile-cache", str(cache)],
                         cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), capture_output=True,
-                        text=True, timeout=900, check=False)
+                        text=True, timeout=1800, check=False)  # minutes when idle; generous on a busy machine
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
   return out, proc

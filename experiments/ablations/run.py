@@ -153,11 +153,23 @@ def curves_analysis(runs, out: pathlib.Path) -> str:
   from safecomp.eval import plots  # pylint: disable=import-outside-toplevel
   from safecomp.training.metrics import read_metrics  # pylint: disable=import-outside-toplevel
   series: dict[str, dict[str, dict[int, list[float]]]] = {}
+  per_run: dict[tuple[str, int], dict[str, dict[int, float]]] = {}
   for run in runs:
     for row in read_metrics(run.workdir / "metrics" / "ppo.jsonl"):
       for key, value in row.items():
         if key != "step" and isinstance(value, (int, float)):
           series.setdefault(run.name, {}).setdefault(key, {}).setdefault(int(row["step"]), []).append(value)
+          per_run.setdefault((run.name, run.seed), {}).setdefault(key, {})[int(row["step"])] = value
+
+  def change_per_seed(variant: str, key: str) -> list[float]:
+    """Each seed's mean of its last fifth of logged points minus its first fifth."""
+    out = []
+    for (name, _), metrics in sorted(per_run.items()):
+      points = [metrics[key][s] for s in sorted(metrics.get(key, {}))] if name == variant else []
+      if points:
+        k = max(1, len(points) // 5)
+        out.append(float(np.mean(points[-k:]) - np.mean(points[:k])))
+    return out
 
   def curve(variant: str, key: str):
     points = series.get(variant, {}).get(key, {})
@@ -179,14 +191,24 @@ def curves_analysis(runs, out: pathlib.Path) -> str:
       written.append(plots.plot_curves(curves, out / "curves" / f"modes_{variant}.png", xlabel="PPO iteration",
                                        ylabel="share of sampled responses",
                                        title=f"response modes over PPO: {variant}"))
-  keys = ["response_length", "gold_reward", "gold_helpfulness_benign", "gold_refusal_benign"] + [
+  keys = ["response_length", "kl_ref", "gold_reward", "gold_unsafe", "gold_helpfulness_benign", "gold_refusal_benign",
+          "gold_helpfulness_dual_use"] + [
       f"gold_mode_{m}" for m in MODES]
-  lines = ["| variant | metric | first (iteration) | last (iteration) |", "|---|---|---|---|"]
+  # One logged batch is 64 sampled responses, so the table compares the means of the first and last
+  # fifth of the logged points rather than two single batches.
+  lines = ["| variant | metric | first fifth (iterations) | last fifth (iterations) | last − first | "
+           "last − first per seed (mean ± sd) |", "|---|---|---|---|---|---|"]
   for variant in series:
     for key in keys:
       steps, values = curve(variant, key)
       if steps:
-        lines.append(f"| {variant} | {key} | {values[0]:.3f} ({steps[0]}) | {values[-1]:.3f} ({steps[-1]}) |")
+        k = max(1, len(steps) // 5)
+        first, last = float(np.mean(values[:k])), float(np.mean(values[-k:]))
+        changes = change_per_seed(variant, key)
+        spread = f" ± {np.std(changes, ddof=1):.3f}" if len(changes) > 1 else ""
+        lines.append(f"| {variant} | {key} | {first:.3f} ({steps[0]}-{steps[k - 1]}) | {last:.3f} "
+                     f"({steps[-k]}-{steps[-1]}) | {last - first:+.3f} | "
+                     + ", ".join(f"{c:+.3f}" for c in changes) + f" ({np.mean(changes):+.3f}{spread}) |")
   return ("Sampled PPO responses (temperature 1), gold-graded every `ppo.gold_every` iterations, mean over "
           "seeds. Plots: " + ", ".join(f"`curves/{p.name}`" for p in written) + ".\n\n" + "\n".join(lines))
 
