@@ -244,12 +244,9 @@ def abstraction_analysis(runs) -> str:
     pipe = pipeline_lib.Pipeline(run.config, run.workdir)
     points = [(0, run.workdir / "eval" / "sft_completions.jsonl"),
               (int(run.config.ppo.iterations), run.workdir / "eval" / "ppo_completions.jsonl")]
-    reused = run.workdir / common.REUSED_FILE
-    donor = pathlib.Path(json.loads(reused.read_text()).get("sft", "")) if reused.is_file() else None
-    if donor is not None and (donor / "eval" / "ppo_completions.jsonl").is_file():
-      donor_iterations = int(json.loads((donor / "config.json").read_text())["ppo"]["iterations"])
-      if donor_iterations < points[-1][0]:
-        points.insert(1, (donor_iterations, donor / "eval" / "ppo_completions.jsonl"))
+    found = _shorter_donor(run)
+    if found is not None:
+      points.insert(1, (found[1], found[0] / "eval" / "ppo_completions.jsonl"))
     for iteration, path in points:
       for intent, levels in _information_levels(pipe, path).items():
         table.setdefault((run.name, iteration), {}).setdefault(intent, []).extend(levels)
@@ -272,6 +269,38 @@ def abstraction_analysis(runs) -> str:
           "to generic answers shows as levels falling on benign and dual-use prompts.\n\n" + "\n".join(lines))
 
 
+def _shorter_donor(run):
+  """(workdir, PPO iterations) of the run this run's stages were copied from, when it trained PPO for
+  fewer iterations and evaluated its policy; else None."""
+  reused = run.workdir / common.REUSED_FILE
+  if not reused.is_file():
+    return None
+  donor = pathlib.Path(json.loads(reused.read_text()).get("sft", ""))
+  if not (donor / "eval" / "ppo_completions.jsonl").is_file():
+    return None
+  iterations = int(json.loads((donor / "config.json").read_text())["ppo"]["iterations"])
+  return (donor, iterations) if iterations < int(run.config.ppo.iterations) else None
+
+
+def longer_training_comparison(runs, pooled: dict, n_boot: int) -> str:
+  """Each variant's final PPO policy against the copied-from run's shorter-trained one, paired on the
+  same eval prompts (same seed, same eval settings)."""
+  shorter: dict[str, list[dict]] = {}
+  for run in runs:
+    found = _shorter_donor(run)
+    if found is not None:
+      donor, iterations = found
+      records = common.load_records(common.Run(f"{run.name}@{iterations}", run.seed, run.config, donor), "ppo")
+      shorter.setdefault(f"{run.name}@{iterations}/ppo", []).extend(records)
+  if not shorter:
+    return "No run was copied from a shorter-trained one (`--reuse`), so there is nothing to compare."
+  pairs = [(f"{name.split('@')[0]}/ppo", name) for name in shorter]
+  comparisons = common.paired({**pooled, **shorter}, pairs, n_boot)
+  return ("Greedy eval of the final policy against the same SFT policy and reward model trained for the "
+          "controlled experiment's PPO iterations (the copied-from runs), paired on the same prompts:\n\n"
+          + common.comparison_table(comparisons))
+
+
 # -- reward over-optimisation -----------------------------------------------------------------------------
 def _gold_points(run) -> list[dict]:
   """(iteration, KL to the reference, proxy, gold) of the sampled responses every gold-graded iteration."""
@@ -283,8 +312,8 @@ def _gold_points(run) -> list[dict]:
 
 
 def _quadratic_fit(d, y, n_boot: int, seed: int = 0) -> dict:
-  """y = c + a d - b d^2 by least squares, with the d of its peak (a / 2b when b > 0) and a percentile
-  bootstrap interval of the peak over resampled points."""
+  """y = c + a d - b d^2 by least squares, with the d > 0 of its peak (a / 2b when a, b > 0) and a
+  percentile bootstrap interval of the peak over resampled points (a resample without one counts as inf)."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   d, y = np.asarray(d, dtype=float), np.asarray(y, dtype=float)
 
@@ -292,14 +321,17 @@ def _quadratic_fit(d, y, n_boot: int, seed: int = 0) -> dict:
     coef, *_ = np.linalg.lstsq(np.stack([np.ones_like(dd), dd, -dd ** 2], axis=1), yy, rcond=None)
     return coef
 
+  def peak_of(a, b):  # the d > 0 where the fitted curve turns down; none when it only rises or only falls
+    return float(a / (2 * b)) if a > 0 and b > 0 else float("inf")
+
   c, a, b = fit(d, y)
-  peak = float(a / (2 * b)) if b > 0 else float("inf")
+  peak = peak_of(a, b)
   rng = np.random.default_rng(seed)
   peaks = []
   for _ in range(n_boot):
     idx = rng.integers(len(d), size=len(d))
     _, ab, bb = fit(d[idx], y[idx])
-    peaks.append(ab / (2 * bb) if bb > 0 else np.inf)
+    peaks.append(peak_of(ab, bb))
   # A resample whose fit has no peak counts as a peak at infinity, hence quantiles without interpolation.
   lo, hi = (float(np.quantile(np.asarray(peaks), q, method="inverted_cdf")) for q in (0.025, 0.975))
   return {"c": float(c), "a": float(a), "b": float(b), "peak_d": peak, "peak_d_lo": lo, "peak_d_hi": hi,
@@ -347,7 +379,7 @@ def overoptimization_analysis(runs, pooled: dict, out, n_boot: int) -> str:
   fit_lines = ["| reward | c | a | b | peak at d = sqrt(KL) [95% CI] | points |", "|---|---|---|---|---|---|"]
   for k, f in fits.items():
     peak = (f"{f['peak_d']:.2f} [{f['peak_d_lo']:.2f}, {f['peak_d_hi']:.2f}]" if np.isfinite(f["peak_d"])
-            else "none in the fit (b <= 0)")
+            else "none at d > 0 in the fit")
     fit_lines.append(f"| {k} | {f['c']:.3f} | {f['a']:.3f} | {f['b']:.3f} | {peak} | {f['n']} |")
   return ("Every gold-graded PPO iteration of every run is one point: the mean proxy reward (the reward "
           "model's r = h x s) and gold reward (the oracle's) of that iteration's sampled responses "
@@ -409,6 +441,7 @@ def main(argv=None) -> int:
   elif module.ANALYSIS == "curves":
     extra.append(("Over PPO iterations", curves_analysis(runs, out)))
     extra.append(("Information level disclosed", abstraction_analysis(runs)))
+    extra.append(("Final policy vs the shorter-trained one", longer_training_comparison(runs, pooled, args.bootstrap)))
   elif module.ANALYSIS == "overoptimization":
     extra.append(("Proxy vs gold reward over KL", overoptimization_analysis(runs, pooled, out, args.bootstrap)))
   result = common.write_tables(out, f"Ablation: {args.ablation}", common.command_line(), pooled, pairs,
