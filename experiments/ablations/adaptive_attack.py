@@ -48,7 +48,6 @@ N_TRANSCRIPTS = 3
 common = load_module(HERE / "common.py", "safecomp_experiments_common")
 
 # pylint: disable=wrong-import-position  (after common, which puts the repository on sys.path)
-from safecomp import parallel
 from safecomp import testbed
 from safecomp.constants import SEVERITIES
 from safecomp.errors import SafecompError
@@ -59,9 +58,7 @@ from safecomp.eval import stats
 from safecomp.testbed import attacker
 from safecomp.tokenizers import encode_prompt
 from safecomp.training import compilation
-from safecomp.training import generation
 from safecomp.training import pipeline as pipeline_lib
-from safecomp.training import rollout as rollout_lib
 # pylint: enable=wrong-import-position
 
 
@@ -125,17 +122,13 @@ def attack_run(workdir: pathlib.Path, label: str, args: argparse.Namespace) -> t
     raise SystemExit(f"{workdir} was trained on {p.task.describe()}; the attacker needs the testbed")
   world, tok = p.task.world, p.tokenizer
   targets = attacker.draw_targets(world, args.n, (args.seed, int(c.seed)))
-  # The policy is restored once and answers every turn; sampling as `cli.generate` (the run's eval settings).
-  model, params = cli.policy_params(p, "ppo")
-  sampling = rollout_lib.RolloutConfig(max_new_tokens=c.eval.max_new_tokens, eos_id=p.stop_ids, pad_id=tok.pad_id,
-                                       greedy=c.eval.greedy, temperature=1.0)
-  batch_size = min(c.eval.batch_size, args.n)  # one shape for every turn: generate_texts pads by wrapping
+  # The policy is restored once and answers every turn with the run's eval decoding; one batch shape for
+  # every turn (generate_texts pads a short batch by wrapping), so the shrinking set compiles once.
+  answer = cli.answerer(cli.Policy(label, p, "ppo"), batch_size=min(c.eval.batch_size, args.n))
   turn = itertools.count(1)
 
   def respond(conversations):
-    return generation.generate_texts(model, params, tok, conversations, c.chat_template, c.max_prompt_len, sampling,
-                                     batch_size, int(c.seed), f"{label} turn {next(turn)}", mesh=p.mesh,
-                                     rules=parallel.rules_from_config(c))
+    return answer(conversations, f"{label} turn {next(turn)}")
 
   def count_tokens(messages):
     return len(encode_prompt(tok, messages, c.chat_template))

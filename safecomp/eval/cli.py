@@ -58,7 +58,7 @@ import logging
 import os
 import pathlib
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import logging as absl_logging
 import ml_collections
@@ -212,12 +212,13 @@ def check_sampling(sampling: Sampling, policies: Sequence[Policy]):
                       "--temperature T (e.g. 1.0) to sample them")
 
 
-def generate(policy: Policy, prompts: Sequence, sampling: Sampling = Sampling()) -> list[str]:
-  """Answers with each policy's own tokenizer and decoding (its config's `eval`, or `sampling`'s temperature).
+def answerer(policy: Policy, sampling: Sampling = Sampling(), batch_size: int | None = None
+             ) -> Callable[[Sequence, str], list[str]]:
+  """Restores the policy once; returns `answer(conversations, label)` -> texts, with the policy's own
+  tokenizer and decoding (its config's `eval`, or `sampling`'s temperature) and seed.
 
-  With `sampling.samples` = K, prompt i's answers are texts[i * K: (i + 1) * K]. The K copies of a prompt
-  are rows of one batched call: each row draws its own tokens from its batch's PRNG key (derived from the
-  seed in `generation.generate_texts`), so the copies differ and the seed fixes every answer.
+  `batch_size` (default: the config's `eval.batch_size`, or fewer rows when fewer are asked) fixes the
+  compiled shape, for callers that answer a shrinking set of conversations turn after turn.
   """
   p = policy.pipeline
   c, tok = p.config, p.tokenizer
@@ -225,12 +226,23 @@ def generate(policy: Policy, prompts: Sequence, sampling: Sampling = Sampling())
   greedy, temperature = sampling.decoding(c)
   cfg = rollout_lib.RolloutConfig(max_new_tokens=c.eval.max_new_tokens, eos_id=p.stop_ids,
                                   pad_id=tok.pad_id, greedy=greedy, temperature=temperature)
-  conversations = [x.message_list for x in prompts for _ in range(sampling.samples)]
-  batch_size = min(c.eval.batch_size, len(conversations))
   seed = c.seed if sampling.seed is None else sampling.seed
-  return generation.generate_texts(model, params, tok, conversations, c.chat_template, c.max_prompt_len, cfg,
-                                   batch_size, seed, f"generate {policy.name}", mesh=p.mesh,
-                                   rules=parallel.rules_from_config(c))
+
+  def answer(conversations: Sequence, label: str = f"generate {policy.name}") -> list[str]:
+    rows = batch_size or min(c.eval.batch_size, len(conversations))
+    return generation.generate_texts(model, params, tok, conversations, c.chat_template, c.max_prompt_len, cfg,
+                                     rows, seed, label, mesh=p.mesh, rules=parallel.rules_from_config(c))
+  return answer
+
+
+def generate(policy: Policy, prompts: Sequence, sampling: Sampling = Sampling()) -> list[str]:
+  """Every prompt answered `sampling.samples` times by the policy (see `answerer`).
+
+  With `sampling.samples` = K, prompt i's answers are texts[i * K: (i + 1) * K]. The K copies of a prompt
+  are rows of one batched call: each row draws its own tokens from its batch's PRNG key (derived from the
+  seed in `generation.generate_texts`), so the copies differ and the seed fixes every answer.
+  """
+  return answerer(policy, sampling)([x.message_list for x in prompts for _ in range(sampling.samples)])
 
 
 def make_grader(args: argparse.Namespace, base):
