@@ -61,7 +61,8 @@ def test_controlled_experiment_writes_its_table(ce_run):
   assert {"value", "se", "lo", "hi"} <= set(ests["safety_rate"])
   for png in ("safety_rate.png", "helpfulness_given_safe.png", "severity_of_unsafe.png"):
     assert (out / "report" / png).stat().st_size > 0
-  assert "refusal seed 1: done" in proc.stdout
+  # Trained here or by an earlier module sharing the folder (the driver then skips it).
+  assert "refusal seed 1: done" in proc.stdout or "refusal seed 1: finished" in proc.stdout
 
 
 def test_controlled_experiment_resumes(ce_run, tmp_path_factory):
