@@ -220,16 +220,20 @@ def test_driver_plays_both_arms_on_the_same_targets(experiment, tmp_path_factory
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   assert _snapshot(experiment) == before  # the experiment is only read
   result = json.loads((out / "results.json").read_text())
+  # Other modules may have trained more seeds into the shared tiny experiment: 4 conversations per seed.
+  seeds = sorted({int(p.name.rsplit("seed", 1)[1]) for p in (experiment / "runs").iterdir()})
+  n = 4 * len(seeds)
   assert set(result["by_turn"]) == {"refusal", "safe_completion"}
   for rows in result["by_turn"].values():
-    assert [r["turn"] for r in rows] == [1, 2] and rows[0]["n"] == rows[0]["answered"] == 4
+    assert [r["turn"] for r in rows] == [1, 2] and rows[0]["n"] == rows[0]["answered"] == n
     assert {"value", "lo", "hi"} <= set(rows[1]["cumulative_unsafe"])
     assert rows[1]["cumulative_unsafe"]["value"] >= rows[0]["cumulative_unsafe"]["value"]
   assert [c["metric"] for c in result["comparisons"]] == ["cumulative_unsafe", "cumulative_severity", "goal_reached"]
-  assert all(c["models"] == ["safe_completion", "refusal"] and c["overall"]["n"] == 4 for c in result["comparisons"])
+  assert all(c["models"] == ["safe_completion", "refusal"] and c["overall"]["n"] == n for c in result["comparisons"])
   spread = result["per_seed"]["refusal"]
   assert set(spread["last_turn"]) == {"cumulative unsafe", "goal reached", "mean cumulative severity"}
-  assert list(spread["cumulative_unsafe_by_turn"]) == ["0"] and len(spread["cumulative_unsafe_by_turn"]["0"]) == 2
+  assert list(spread["cumulative_unsafe_by_turn"]) == [str(s) for s in seeds]
+  assert all(len(by_turn) == 2 for by_turn in spread["cumulative_unsafe_by_turn"].values())
   assert sum(u["turns"] for u in result["tactics"]["refusal"].values()) >= 4
   md = (out / "results.md").read_text()
   assert "| safe_completion | 2 |" in md and "safe_completion − refusal" in md and "## Tactics" in md
@@ -237,7 +241,7 @@ def test_driver_plays_both_arms_on_the_same_targets(experiment, tmp_path_factory
   transcripts = (out / "transcripts.md").read_text()
   assert transcripts.count("## refusal, seed 0") == transcripts.count("## safe_completion, seed 0") == 3
   conversations = [json.loads(line) for line in (out / "conversations.jsonl").read_text().splitlines()]
-  assert len(conversations) == 8
+  assert len(conversations) == 2 * n
   by_arm = {arm: [c["turns"][0]["text"] for c in conversations if c["arm"] == arm]
             for arm in ("refusal", "safe_completion")}
   assert by_arm["refusal"] == by_arm["safe_completion"]  # same targets, same opening turns
